@@ -1,0 +1,471 @@
+//! Record envelope v1: `{"headers":{…},"payload":…}`.
+//!
+//! [`decode_headers`] reads only the headers when they come first, so its
+//! cost does not grow with the payload; when they do not, it falls back to a
+//! full parse. [`decode`] also checks the payload is one JSON value.
+//! [`encode`] writes an envelope with `headers` first and the payload bytes
+//! exactly as given.
+
+use std::borrow::Cow;
+use std::fmt;
+
+use serde::de::{self, Deserializer, MapAccess, Visitor};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+/// Header names the collector sets; everything else is the sender's.
+pub const RESERVED_HEADERS: [&str; 6] =
+    ["type", "source", "event_id", "ts", "traceparent", "schema"];
+
+/// A header value: a string, a number or a boolean.
+#[derive(Clone, Debug, PartialEq)]
+pub enum HeaderValue<'a> {
+    Str(Cow<'a, str>),
+    Num(f64),
+    Bool(bool),
+}
+
+impl HeaderValue<'_> {
+    pub fn as_str(&self) -> Option<&str> {
+        match self {
+            HeaderValue::Str(s) => Some(s),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for HeaderValue<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            HeaderValue::Str(s) => f.write_str(s),
+            HeaderValue::Num(n) => write!(f, "{n}"),
+            HeaderValue::Bool(b) => write!(f, "{b}"),
+        }
+    }
+}
+
+/// An envelope's headers, in the order they were written. Names are unique.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Headers<'a> {
+    entries: Vec<(Cow<'a, str>, HeaderValue<'a>)>,
+}
+
+impl<'a> Headers<'a> {
+    pub fn get(&self, name: &str) -> Option<&HeaderValue<'a>> {
+        self.entries
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| value)
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = (&str, &HeaderValue<'a>)> {
+        self.entries.iter().map(|(k, v)| (k.as_ref(), v))
+    }
+
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+}
+
+/// Why a record is not an envelope.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EnvelopeError {
+    #[error("not JSON: {0}")]
+    NotJson(String),
+    #[error("not a JSON object")]
+    NotAnObject,
+    #[error("no headers object")]
+    MissingHeaders,
+    #[error("bad headers: {0}")]
+    BadHeaders(String),
+    #[error("not an envelope: {0}")]
+    Invalid(String),
+}
+
+impl EnvelopeError {
+    /// A short stable code for the reason, used in dead-letter headers and metrics.
+    pub fn code(&self) -> &'static str {
+        match self {
+            EnvelopeError::NotJson(_) => "not_json",
+            EnvelopeError::NotAnObject => "not_an_object",
+            EnvelopeError::MissingHeaders => "missing_headers",
+            EnvelopeError::BadHeaders(_) => "bad_headers",
+            EnvelopeError::Invalid(_) => "not_an_envelope",
+        }
+    }
+}
+
+/// A decoded envelope: its headers and the payload's raw bytes, if any.
+#[derive(Debug, PartialEq)]
+pub struct Envelope<'a> {
+    pub headers: Headers<'a>,
+    pub payload: Option<&'a [u8]>,
+}
+
+/// Reads the headers of an envelope. When `headers` is the first key only the
+/// headers are parsed and the payload is not looked at; otherwise the whole
+/// record is parsed.
+pub fn decode_headers(data: &[u8]) -> Result<Headers<'_>, EnvelopeError> {
+    match fast_path(data) {
+        Some(result) => result.map(|envelope| envelope.headers),
+        None => slow_path(data).map(|envelope| envelope.headers),
+    }
+}
+
+/// Decodes a whole envelope, checking the payload is one JSON value.
+pub fn decode(data: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    let envelope = match fast_path(data) {
+        Some(result) => result?,
+        None => return slow_path(data),
+    };
+    if let Some(payload) = envelope.payload {
+        serde_json::from_slice::<&RawValue>(payload)
+            .map_err(|e| EnvelopeError::Invalid(format!("payload: {e}")))?;
+    }
+    Ok(envelope)
+}
+
+/// Writes an envelope: headers first, then the payload bytes unchanged. The
+/// caller guarantees `payload` is one JSON value.
+pub fn encode<'h, I>(headers: I, payload: Option<&[u8]>) -> Vec<u8>
+where
+    I: IntoIterator<Item = (&'h str, &'h serde_json::Value)>,
+{
+    let mut out = Vec::with_capacity(64 + payload.map_or(0, <[u8]>::len));
+    out.extend_from_slice(b"{\"headers\":{");
+    for (i, (name, value)) in headers.into_iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        // Writing a str or a JSON value into a Vec cannot fail.
+        serde_json::to_writer(&mut out, name).expect("write header name");
+        out.push(b':');
+        serde_json::to_writer(&mut out, value).expect("write header value");
+    }
+    out.push(b'}');
+    if let Some(payload) = payload {
+        out.extend_from_slice(b",\"payload\":");
+        out.extend_from_slice(payload);
+    }
+    out.push(b'}');
+    out
+}
+
+fn skip_ws(data: &[u8], mut pos: usize) -> usize {
+    while pos < data.len() && matches!(data[pos], b' ' | b'\t' | b'\n' | b'\r') {
+        pos += 1;
+    }
+    pos
+}
+
+fn expect(data: &[u8], pos: usize, literal: &[u8]) -> Option<usize> {
+    data.get(pos..pos + literal.len())
+        .filter(|found| *found == literal)
+        .map(|_| pos + literal.len())
+}
+
+/// The header-only path. `None` means "headers are not first": take the slow path.
+fn fast_path(data: &[u8]) -> Option<Result<Envelope<'_>, EnvelopeError>> {
+    let pos = skip_ws(data, 0);
+    let pos = expect(data, pos, b"{")?;
+    let pos = skip_ws(data, pos);
+    let pos = expect(data, pos, b"\"headers\"")?;
+    let pos = skip_ws(data, pos);
+    let pos = expect(data, pos, b":")?;
+    let pos = skip_ws(data, pos);
+    if data.get(pos) != Some(&b'{') {
+        return Some(Err(EnvelopeError::BadHeaders(
+            "headers must be a JSON object".into(),
+        )));
+    }
+    let mut stream = serde_json::Deserializer::from_slice(&data[pos..]).into_iter::<Headers>();
+    let headers = match stream.next() {
+        Some(Ok(headers)) => headers,
+        Some(Err(e)) if e.is_data() => return Some(Err(EnvelopeError::BadHeaders(e.to_string()))),
+        Some(Err(e)) => return Some(Err(EnvelopeError::NotJson(e.to_string()))),
+        None => return Some(Err(EnvelopeError::NotJson("unexpected end".into()))),
+    };
+    let after = skip_ws(data, pos + stream.byte_offset());
+    let end = trailing_brace(data)?;
+    match data.get(after) {
+        Some(b'}') if after == end => Some(Ok(Envelope {
+            headers,
+            payload: None,
+        })),
+        Some(b',') => {
+            let pos = skip_ws(data, after + 1);
+            let pos = expect(data, pos, b"\"payload\"")?;
+            let pos = skip_ws(data, pos);
+            let pos = expect(data, pos, b":")?;
+            let start = skip_ws(data, pos);
+            if start >= end {
+                return Some(Err(EnvelopeError::Invalid("empty payload".into())));
+            }
+            Some(Ok(Envelope {
+                headers,
+                payload: Some(trim_end(&data[start..end])),
+            }))
+        }
+        _ => None,
+    }
+}
+
+/// Position of the object's closing brace (the last non-space byte).
+fn trailing_brace(data: &[u8]) -> Option<usize> {
+    let last = data
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))?;
+    (data[last] == b'}').then_some(last)
+}
+
+fn trim_end(bytes: &[u8]) -> &[u8] {
+    let len = bytes
+        .iter()
+        .rposition(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        .map_or(0, |p| p + 1);
+    &bytes[..len]
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FullEnvelope<'a> {
+    #[serde(borrow)]
+    headers: Option<Headers<'a>>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+fn slow_path(data: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
+    match serde_json::from_slice::<FullEnvelope>(data) {
+        Ok(FullEnvelope {
+            headers: Some(headers),
+            payload,
+        }) => Ok(Envelope {
+            headers,
+            payload: payload.map(|raw| raw.get().as_bytes()),
+        }),
+        Ok(FullEnvelope { headers: None, .. }) => Err(EnvelopeError::MissingHeaders),
+        Err(e) if e.is_syntax() || e.is_eof() => Err(EnvelopeError::NotJson(e.to_string())),
+        Err(e) => {
+            if data.get(skip_ws(data, 0)) != Some(&b'{') {
+                Err(EnvelopeError::NotAnObject)
+            } else if e.to_string().starts_with("header") {
+                Err(EnvelopeError::BadHeaders(e.to_string()))
+            } else {
+                Err(EnvelopeError::Invalid(e.to_string()))
+            }
+        }
+    }
+}
+
+/// A string that borrows from the input when it has no escapes.
+struct MaybeBorrowed<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for MaybeBorrowed<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for StrVisitor<'a> {
+            type Value = MaybeBorrowed<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(MaybeBorrowed(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(StrVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for HeaderValue<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ValueVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ValueVisitor<'a> {
+            type Value = HeaderValue<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("header value: a string, number or boolean")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Str(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Str(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Str(Cow::Owned(v)))
+            }
+            fn visit_bool<E>(self, v: bool) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Bool(v))
+            }
+            fn visit_i64<E>(self, v: i64) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Num(v as f64))
+            }
+            fn visit_u64<E>(self, v: u64) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Num(v as f64))
+            }
+            fn visit_f64<E>(self, v: f64) -> Result<Self::Value, E> {
+                Ok(HeaderValue::Num(v))
+            }
+        }
+        deserializer.deserialize_any(ValueVisitor(std::marker::PhantomData))
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct HeadersVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for HeadersVisitor<'a> {
+            type Value = Headers<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("headers: a flat JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut entries: Vec<(Cow<'a, str>, HeaderValue<'a>)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8));
+                while let Some(MaybeBorrowed(name)) = map.next_key()? {
+                    let value = map
+                        .next_value::<HeaderValue>()
+                        .map_err(|e| de::Error::custom(format!("header {name:?}: {e}")))?;
+                    if entries.iter().any(|(key, _)| *key == name) {
+                        return Err(de::Error::custom(format!("header {name:?} appears twice")));
+                    }
+                    entries.push((name, value));
+                }
+                Ok(Headers { entries })
+            }
+        }
+        deserializer.deserialize_map(HeadersVisitor(std::marker::PhantomData))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a HeaderValue<'a>> {
+        headers.get(name)
+    }
+
+    #[test]
+    fn round_trips_headers_and_payload_bytes() {
+        let type_value = serde_json::json!("purchase");
+        let amount = serde_json::json!(42.5);
+        let payload = br#"{ "b": 1,  "a" : [1, 2] }"#;
+        let data = encode([("type", &type_value), ("amount", &amount)], Some(payload));
+        let envelope = decode(&data).unwrap();
+        assert_eq!(
+            header(&envelope.headers, "type"),
+            Some(&HeaderValue::Str("purchase".into()))
+        );
+        assert_eq!(
+            header(&envelope.headers, "amount"),
+            Some(&HeaderValue::Num(42.5))
+        );
+        assert_eq!(envelope.payload, Some(&payload[..]));
+    }
+
+    #[test]
+    fn header_only_path_does_not_read_the_payload() {
+        // A broken payload is not seen by the header-only path...
+        let data = br#"{"headers":{"type":"click"},"payload":{not json at all}"#;
+        let headers = decode_headers(data).unwrap();
+        assert_eq!(
+            headers.get("type").and_then(HeaderValue::as_str),
+            Some("click")
+        );
+        // ...but a full decode rejects it.
+        assert_eq!(decode(data).unwrap_err().code(), "not_an_envelope");
+    }
+
+    #[test]
+    fn headers_later_take_the_slow_path() {
+        let data = br#"{"payload":[1,2,3],"headers":{"type":"click","n":3,"ok":true}}"#;
+        let envelope = decode(data).unwrap();
+        assert_eq!(envelope.headers.get("n"), Some(&HeaderValue::Num(3.0)));
+        assert_eq!(envelope.headers.get("ok"), Some(&HeaderValue::Bool(true)));
+        assert_eq!(envelope.payload, Some(&b"[1,2,3]"[..]));
+    }
+
+    #[test]
+    fn escaped_strings_decode() {
+        let data = br#"{"headers":{"ty\"pe":"a\u00e9b"}}"#;
+        let headers = decode_headers(data).unwrap();
+        assert_eq!(
+            headers.get("ty\"pe").and_then(HeaderValue::as_str),
+            Some("a\u{e9}b")
+        );
+    }
+
+    #[test]
+    fn typed_errors_for_records_that_are_not_envelopes() {
+        let cases: [(&[u8], &str); 9] = [
+            (b"not json", "not_json"),
+            (b"", "not_json"),
+            (b"[1,2]", "not_an_object"),
+            (b"{\"payload\":1}", "missing_headers"),
+            (b"{\"headers\":[1]}", "bad_headers"),
+            (b"{\"headers\":{\"a\":{\"nested\":1}}}", "bad_headers"),
+            (b"{\"headers\":{\"a\":1,\"a\":2}}", "bad_headers"),
+            (b"{\"headers\":{\"a\":null}}", "bad_headers"),
+            (b"{\"headers\":{},\"extra\":1}", "not_an_envelope"),
+        ];
+        for (data, code) in cases {
+            let err = decode(data).unwrap_err();
+            assert_eq!(
+                err.code(),
+                code,
+                "{:?}: {err}",
+                String::from_utf8_lossy(data)
+            );
+            assert_eq!(decode_headers(data).unwrap_err().code(), code);
+        }
+        let invalid_utf8 = b"{\"headers\":{\"a\":\"\xff\"}}";
+        assert!(decode(invalid_utf8).is_err());
+    }
+
+    #[test]
+    fn truncated_records_are_errors_not_panics() {
+        let type_value = serde_json::json!("purchase");
+        let data = encode([("type", &type_value)], Some(b"{\"a\":[1,2,3]}"));
+        for cut in 0..data.len() {
+            assert!(decode(&data[..cut]).is_err(), "cut at {cut}");
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn decode_never_panics(data in proptest::collection::vec(any::<u8>(), 0..256)) {
+            let _ = decode(&data);
+            let _ = decode_headers(&data);
+        }
+
+        #[test]
+        fn encoded_string_headers_round_trip(
+            pairs in proptest::collection::btree_map("[a-z_\"\\\\é]{1,12}", ".{0,20}", 0..8),
+            payload in "[1-9][0-9]{0,9}",
+        ) {
+            let values: Vec<(String, serde_json::Value)> = pairs
+                .iter()
+                .map(|(k, v)| (k.clone(), serde_json::Value::String(v.clone())))
+                .collect();
+            let data = encode(values.iter().map(|(k, v)| (k.as_str(), v)), Some(payload.as_bytes()));
+            let envelope = decode(&data).unwrap();
+            prop_assert_eq!(envelope.headers.len(), pairs.len());
+            for (k, v) in &pairs {
+                prop_assert_eq!(envelope.headers.get(k).and_then(HeaderValue::as_str), Some(v.as_str()));
+            }
+            prop_assert_eq!(envelope.payload, Some(payload.as_bytes()));
+        }
+    }
+}

@@ -1,0 +1,270 @@
+//! The router as one pure function: a batch of inbound records in, the
+//! records for each output stream out. The Lambda function and the
+//! self-hosted worker are adapters around [`route_batch`].
+//!
+//! Only headers are read; payload bytes pass through unchanged, and each
+//! output keeps its record's partition key, so order per key carries over.
+
+use base64::Engine;
+use bytes::Bytes;
+
+use crate::envelope::{decode_headers, EnvelopeError};
+use crate::limits::MAX_RECORD_BYTES;
+use crate::rules::{Decision, RuleSet};
+use crate::stream::{PutRecord, Record};
+
+/// How much of a record a dead-letter entry keeps.
+pub const DEAD_LETTER_KEEP_BYTES: usize = 256 * 1024;
+
+/// Why a record went to dead-letter.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DeadLetterReason {
+    NotEnvelope(EnvelopeError),
+    TooLarge { size: usize, limit: usize },
+}
+
+impl DeadLetterReason {
+    pub fn code(&self) -> &'static str {
+        match self {
+            DeadLetterReason::NotEnvelope(e) => e.code(),
+            DeadLetterReason::TooLarge { .. } => "too_large",
+        }
+    }
+
+    pub fn detail(&self) -> String {
+        match self {
+            DeadLetterReason::NotEnvelope(e) => e.to_string(),
+            DeadLetterReason::TooLarge { size, limit } => {
+                format!("{size} bytes is over the {limit}-byte router limit")
+            }
+        }
+    }
+}
+
+/// Options of the pure router.
+#[derive(Clone, Debug)]
+pub struct RouterOptions {
+    /// Name of the stream records are read from, recorded in dead-letter headers.
+    pub source_stream: String,
+    /// Records larger than this go to dead-letter.
+    pub max_record_bytes: usize,
+}
+
+impl RouterOptions {
+    pub fn new(source_stream: impl Into<String>) -> Self {
+        Self {
+            source_stream: source_stream.into(),
+            max_record_bytes: MAX_RECORD_BYTES,
+        }
+    }
+}
+
+/// What one batch produced.
+#[derive(Debug, Default)]
+pub struct RoutedBatch {
+    /// Records per output stream, indexed like [`RuleSet::streams`], each in
+    /// input order.
+    pub outputs: Vec<Vec<PutRecord>>,
+    /// Records each route matched, indexed like [`RuleSet::route_names`].
+    pub per_route: Vec<u64>,
+    pub unmatched: u64,
+    /// Dead-lettered records by reason code.
+    pub dead_letters: Vec<(&'static str, u64)>,
+}
+
+impl RoutedBatch {
+    fn count_dead_letter(&mut self, code: &'static str) {
+        match self.dead_letters.iter_mut().find(|(c, _)| *c == code) {
+            Some((_, n)) => *n += 1,
+            None => self.dead_letters.push((code, 1)),
+        }
+    }
+}
+
+/// Routes a batch of records.
+pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record]) -> RoutedBatch {
+    let mut batch = RoutedBatch {
+        outputs: vec![Vec::new(); rules.streams().len()],
+        per_route: vec![0; rules.route_names().len()],
+        ..RoutedBatch::default()
+    };
+    let (mut targets, mut matched) = (Vec::new(), Vec::new());
+    for record in records {
+        let headers = if record.data.len() > options.max_record_bytes {
+            Err(DeadLetterReason::TooLarge {
+                size: record.data.len(),
+                limit: options.max_record_bytes,
+            })
+        } else {
+            decode_headers(&record.data).map_err(DeadLetterReason::NotEnvelope)
+        };
+        match headers {
+            Ok(headers) => {
+                if rules.route(&headers, &mut targets, &mut matched) == Decision::Unmatched {
+                    batch.unmatched += 1;
+                }
+                for &route in &matched {
+                    batch.per_route[route] += 1;
+                }
+                for &stream in &targets {
+                    batch.outputs[stream].push(PutRecord {
+                        partition_key: record.partition_key.clone(),
+                        explicit_hash_key: None,
+                        data: record.data.clone(),
+                    });
+                }
+            }
+            Err(reason) => {
+                batch.count_dead_letter(reason.code());
+                batch.outputs[rules.dead_letter_stream()]
+                    .push(dead_letter(options, record, &reason));
+            }
+        }
+    }
+    batch
+}
+
+/// The dead-letter envelope for a record: the reason in its headers, the
+/// original bytes (up to [`DEAD_LETTER_KEEP_BYTES`]) base64-encoded in its payload.
+pub fn dead_letter(
+    options: &RouterOptions,
+    record: &Record,
+    reason: &DeadLetterReason,
+) -> PutRecord {
+    let kept = &record.data[..record.data.len().min(DEAD_LETTER_KEEP_BYTES)];
+    let headers = serde_json::json!({
+        "type": "dead_letter",
+        "reason": reason.code(),
+        "detail": truncate(&reason.detail(), 512),
+        "source_stream": options.source_stream,
+        "source_sequence": record.sequence_number.as_str(),
+    });
+    let payload = serde_json::json!({
+        "original_base64": base64::engine::general_purpose::STANDARD.encode(kept),
+        "original_size": record.data.len(),
+        "truncated": kept.len() < record.data.len(),
+    });
+    let payload = serde_json::to_vec(&payload).expect("serialize payload");
+    let headers = headers.as_object().expect("object");
+    let data =
+        crate::envelope::encode(headers.iter().map(|(k, v)| (k.as_str(), v)), Some(&payload));
+    PutRecord {
+        partition_key: record.partition_key.clone(),
+        explicit_hash_key: None,
+        data: Bytes::from(data),
+    }
+}
+
+fn truncate(text: &str, max: usize) -> String {
+    if text.len() <= max {
+        return text.to_owned();
+    }
+    let mut end = max;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!("{}…", &text[..end])
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::envelope::{decode, HeaderValue};
+    use crate::rules::{DeadLetter, Route, Unmatched};
+    use crate::SequenceNumber;
+
+    fn record(seq: u64, key: &str, data: &[u8]) -> Record {
+        Record {
+            sequence_number: SequenceNumber::from_u64(seq),
+            partition_key: key.into(),
+            data: Bytes::copy_from_slice(data),
+            arrival_ms: 0,
+        }
+    }
+
+    fn rules() -> RuleSet {
+        let routes: Vec<Route> = toml::from_str::<toml::Table>(
+            r#"
+[[routes]]
+name = "purchases"
+match = { type = ["purchase"] }
+to = ["transactions"]
+"#,
+        )
+        .unwrap()["routes"]
+            .clone()
+            .try_into()
+            .unwrap();
+        RuleSet::new(&routes, &Unmatched::default(), &DeadLetter::default())
+    }
+
+    #[test]
+    fn routes_pass_bytes_and_keys_through_in_order() {
+        let rules = rules();
+        let records = vec![
+            record(
+                1,
+                "u-1",
+                br#"{"headers":{"type":"purchase"},"payload":{"n":1}}"#,
+            ),
+            record(2, "u-2", br#"{"headers":{"type":"click"},"payload":1}"#),
+            record(
+                3,
+                "u-1",
+                br#"{"headers":{"type":"purchase"},"payload":{"n":2}}"#,
+            ),
+        ];
+        let batch = route_batch(&rules, &RouterOptions::new("inbound"), &records);
+        let transactions = &batch.outputs[0];
+        assert_eq!(transactions.len(), 2);
+        assert_eq!(transactions[0].data, records[0].data);
+        assert_eq!(transactions[1].data, records[2].data);
+        assert_eq!(transactions[1].partition_key, "u-1");
+        assert_eq!(
+            batch.outputs[rules.unmatched_stream()][0].data,
+            records[1].data
+        );
+        assert_eq!(batch.per_route, [2]);
+        assert_eq!(batch.unmatched, 1);
+    }
+
+    #[test]
+    fn bad_records_go_to_dead_letter_with_their_reason() {
+        let rules = rules();
+        let options = RouterOptions {
+            source_stream: "inbound".into(),
+            max_record_bytes: 64,
+        };
+        let big = format!(
+            r#"{{"headers":{{"type":"purchase"}},"payload":"{}"}}"#,
+            "x".repeat(100)
+        );
+        let records = vec![
+            record(7, "k", b"\xff not json"),
+            record(8, "k", big.as_bytes()),
+        ];
+        let batch = route_batch(&rules, &options, &records);
+        let dead = &batch.outputs[rules.dead_letter_stream()];
+        assert_eq!(dead.len(), 2);
+        let first = decode(&dead[0].data).unwrap();
+        assert_eq!(
+            first.headers.get("reason"),
+            Some(&HeaderValue::Str("not_json".into()))
+        );
+        assert_eq!(
+            first.headers.get("source_sequence"),
+            Some(&HeaderValue::Str("7".into()))
+        );
+        let payload: serde_json::Value = serde_json::from_slice(first.payload.unwrap()).unwrap();
+        let original = base64::engine::general_purpose::STANDARD
+            .decode(payload["original_base64"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(original, b"\xff not json");
+        let second = decode(&dead[1].data).unwrap();
+        assert_eq!(
+            second.headers.get("reason"),
+            Some(&HeaderValue::Str("too_large".into()))
+        );
+        assert_eq!(batch.dead_letters, [("not_json", 1), ("too_large", 1)]);
+    }
+}
