@@ -1,6 +1,7 @@
 //! Sluice backends: the embedded `local` stream and table stores, and the
 //! conformance suites every stream and table backend passes.
 
+pub mod fault;
 pub mod local;
 
 #[cfg(any(test, feature = "conformance"))]

@@ -1,0 +1,215 @@
+//! Producer tests on the embedded backend with injected partial failures.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sluice_backends::fault::{Faults, FaultyStreams};
+use sluice_backends::local::{LocalStreamOptions, LocalStreams};
+use sluice_core::retry::Backoff;
+use sluice_core::stream::*;
+use sluice_core::StreamBackend;
+
+use super::*;
+
+/// Records every PutRecords call's partition keys, to check the batching rule.
+struct Recording {
+    inner: Arc<dyn StreamBackend>,
+    calls: Mutex<Vec<Vec<String>>>,
+}
+
+#[async_trait]
+impl StreamBackend for Recording {
+    async fn create_stream(&self, n: &str, s: u32) -> Result<(), StreamError> {
+        self.inner.create_stream(n, s).await
+    }
+    async fn delete_stream(&self, n: &str) -> Result<(), StreamError> {
+        self.inner.delete_stream(n).await
+    }
+    async fn list_streams(&self) -> Result<Vec<String>, StreamError> {
+        self.inner.list_streams().await
+    }
+    async fn describe_stream(&self, n: &str) -> Result<StreamSummary, StreamError> {
+        self.inner.describe_stream(n).await
+    }
+    async fn list_shards(&self, n: &str) -> Result<Vec<Shard>, StreamError> {
+        self.inner.list_shards(n).await
+    }
+    async fn put_records(&self, n: &str, r: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
+        self.calls
+            .lock()
+            .unwrap()
+            .push(r.iter().map(|r| r.partition_key.clone()).collect());
+        self.inner.put_records(n, r).await
+    }
+    async fn get_shard_iterator(
+        &self,
+        n: &str,
+        s: &str,
+        p: StartPosition,
+    ) -> Result<String, StreamError> {
+        self.inner.get_shard_iterator(n, s, p).await
+    }
+    async fn get_records(&self, i: &str, l: usize) -> Result<GetRecordsOutput, StreamError> {
+        self.inner.get_records(i, l).await
+    }
+    async fn split_shard(&self, n: &str, s: &str, h: u128) -> Result<(), StreamError> {
+        self.inner.split_shard(n, s, h).await
+    }
+    async fn merge_shards(&self, n: &str, a: &str, b: &str) -> Result<(), StreamError> {
+        self.inner.merge_shards(n, a, b).await
+    }
+}
+
+async fn read_everything(backend: &Arc<dyn StreamBackend>, stream: &str) -> Vec<Record> {
+    let mut all = Vec::new();
+    for shard in backend.list_shards(stream).await.unwrap() {
+        let mut it = backend
+            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
+            .await
+            .unwrap();
+        loop {
+            let out = backend.get_records(&it, 10_000).await.unwrap();
+            if out.records.is_empty() {
+                break;
+            }
+            all.extend(out.records);
+            it = out.next_iterator.unwrap();
+        }
+    }
+    all
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn partial_failures_lose_nothing_and_keep_order_per_key() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("s", 4).await.unwrap();
+    let faulty: Arc<dyn StreamBackend> = Arc::new(FaultyStreams::new(
+        local.clone(),
+        Faults {
+            entry_failure_rate: 0.3,
+            call_failure_rate: 0.05,
+            seed: 7,
+            ..Faults::default()
+        },
+    ));
+    let recording = Arc::new(Recording {
+        inner: faulty,
+        calls: Mutex::new(Vec::new()),
+    });
+    let config = ProducerConfig {
+        backoff: Backoff::for_tests(),
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::start(recording.clone(), "s", config)
+        .await
+        .unwrap();
+
+    // Several concurrent senders, each owning its keys, sending in order.
+    let mut tasks = Vec::new();
+    for sender in 0..4 {
+        let producer = producer.clone();
+        tasks.push(tokio::spawn(async move {
+            for round in 0..25 {
+                let records = (0..100)
+                    .map(|i| {
+                        let key = format!("s{sender}-k{}", i % 20);
+                        PutRecord::new(key.clone(), Bytes::from(format!("{key}:{round}:{i}")))
+                    })
+                    .collect();
+                producer.send(records).await.unwrap();
+            }
+        }));
+    }
+    for task in tasks {
+        task.await.unwrap();
+    }
+    producer.close().await;
+
+    let records = read_everything(&local, "s").await;
+    assert_eq!(
+        records.len(),
+        4 * 25 * 100,
+        "every record delivered exactly once"
+    );
+    let mut last: HashMap<String, (u32, u32)> = HashMap::new();
+    for record in &records {
+        let text = String::from_utf8(record.data.to_vec()).unwrap();
+        let mut parts = text.split(':');
+        let key = parts.next().unwrap().to_owned();
+        let position = (
+            parts.next().unwrap().parse().unwrap(),
+            parts.next().unwrap().parse().unwrap(),
+        );
+        if let Some(previous) = last.insert(key.clone(), position) {
+            assert!(
+                position > previous,
+                "{key}: {position:?} after {previous:?}"
+            );
+        }
+    }
+    for call in recording.calls.lock().unwrap().iter() {
+        let mut keys = call.clone();
+        keys.sort();
+        keys.dedup();
+        assert_eq!(
+            keys.len(),
+            call.len(),
+            "a call never holds two records of one key"
+        );
+        assert!(call.len() <= 500);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_missing_stream_is_an_error_not_a_hang() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    assert!(matches!(
+        Producer::start(local.clone(), "nope", ProducerConfig::default()).await,
+        Err(ProduceError::Stream { .. })
+    ));
+    local.create_stream("s", 1).await.unwrap();
+    let producer = Producer::start(local.clone(), "s", ProducerConfig::default())
+        .await
+        .unwrap();
+    local.delete_stream("s").await.unwrap();
+    let err = producer
+        .send(vec![PutRecord::new("k", Bytes::from_static(b"v"))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProduceError::Rejected { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn records_that_keep_failing_are_given_up_within_the_time_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("s", 1).await.unwrap();
+    let always_failing: Arc<dyn StreamBackend> = Arc::new(FaultyStreams::new(
+        local,
+        Faults {
+            entry_failure_rate: 1.0,
+            ..Faults::default()
+        },
+    ));
+    let config = ProducerConfig {
+        backoff: Backoff {
+            base_ms: 1,
+            max_ms: 5,
+            max_elapsed_ms: 200,
+        },
+        ..ProducerConfig::default()
+    };
+    let producer = Producer::start(always_failing, "s", config).await.unwrap();
+    let err = producer
+        .send(vec![PutRecord::new("k", Bytes::from_static(b"v"))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, ProduceError::GaveUp { .. }), "{err}");
+}
