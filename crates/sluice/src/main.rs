@@ -1,1 +1,162 @@
-fn main() {}
+//! The `sluice` command.
+
+use std::io::BufRead;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+use sluice::config::Config;
+use sluice_telemetry::LogFormat;
+
+#[derive(Parser)]
+#[command(
+    name = "sluice",
+    version,
+    about = "Collect website events, route them by header, read them back."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run collector, router and read API in one process on embedded storage.
+    Up {
+        /// Configuration file (default: ./sluice.toml if present, else the built-in example).
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Data directory (default: backend.data_dir, else ./sluice-data).
+        #[arg(long)]
+        data_dir: Option<PathBuf>,
+        /// Listen address (default: collector.listen, else 127.0.0.1:8080).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// Log as JSON lines instead of text.
+        #[arg(long)]
+        json_logs: bool,
+    },
+    /// Post NDJSON events from a file, or from stdin with `-`.
+    Send {
+        /// The file of events, one JSON object per line; `-` reads stdin.
+        file: String,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Events per request.
+        #[arg(long, default_value_t = 500)]
+        batch: usize,
+        /// Bearer token for a collector that requires one.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
+    /// Print a stream's records as NDJSON.
+    Tail {
+        stream: String,
+        /// trim_horizon, latest, or an RFC 3339 time.
+        #[arg(long, default_value = "trim_horizon")]
+        from: String,
+        /// Stop after this many records.
+        #[arg(long)]
+        limit: Option<usize>,
+        /// Keep waiting for new records.
+        #[arg(long, short)]
+        follow: bool,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+    },
+    /// Check a configuration file and exit.
+    CheckConfig {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn find_config(explicit: Option<PathBuf>) -> Option<PathBuf> {
+    explicit.or_else(|| {
+        let local = PathBuf::from("sluice.toml");
+        local.exists().then_some(local)
+    })
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let json_logs = matches!(
+        cli.command,
+        Command::Up {
+            json_logs: true,
+            ..
+        }
+    );
+    sluice_telemetry::init_logging(if json_logs {
+        LogFormat::Json
+    } else {
+        LogFormat::Text
+    });
+    match run(cli.command).await {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
+    match command {
+        Command::Up {
+            config,
+            data_dir,
+            listen,
+            ..
+        } => {
+            let config = Config::load(find_config(config).as_deref())?;
+            sluice::server::up(sluice::server::UpOptions {
+                config,
+                data_dir,
+                listen,
+            })
+            .await?;
+        }
+        Command::Send {
+            file,
+            url,
+            batch,
+            token,
+        } => {
+            let input: Box<dyn BufRead> = if file == "-" {
+                Box::new(std::io::stdin().lock())
+            } else {
+                let f = std::fs::File::open(&file).map_err(|e| anyhow::anyhow!("{file}: {e}"))?;
+                Box::new(std::io::BufReader::new(f))
+            };
+            let (accepted, rejected) =
+                sluice::cli::send(&url, input, batch.clamp(1, 10_000), token.as_deref()).await?;
+            eprintln!("{accepted} events accepted, {rejected} rejected");
+            if rejected > 0 {
+                return Ok(std::process::ExitCode::from(2));
+            }
+        }
+        Command::Tail {
+            stream,
+            from,
+            limit,
+            follow,
+            url,
+        } => {
+            sluice::cli::tail(&url, &stream, &from, limit, follow).await?;
+        }
+        Command::CheckConfig { config } => {
+            let path = find_config(config);
+            let parsed = Config::load(path.as_deref())?;
+            println!(
+                "{}: ok ({} routes, streams: {})",
+                path.map_or("built-in default".into(), |p| p.display().to_string()),
+                parsed.routes.len(),
+                parsed.rules().streams().join(", ")
+            );
+        }
+    }
+    Ok(std::process::ExitCode::SUCCESS)
+}

@@ -1,0 +1,140 @@
+//! The client commands: `sluice send` and `sluice tail`, which talk to a
+//! running Sluice over HTTP (an embedded store belongs to its process).
+
+use std::io::{BufRead, Write};
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+
+/// Posts NDJSON events from `input` in batches; returns (accepted, rejected).
+pub async fn send(
+    url: &str,
+    input: Box<dyn BufRead>,
+    batch: usize,
+    token: Option<&str>,
+) -> anyhow::Result<(u64, u64)> {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/v1/events", url.trim_end_matches('/'));
+    let (mut accepted, mut rejected) = (0u64, 0u64);
+    let mut lines = input.lines();
+    let mut first_line = 0usize;
+    loop {
+        let mut body = String::new();
+        let mut count = 0;
+        for line in lines.by_ref() {
+            let line = line.context("reading events")?;
+            if line.trim().is_empty() {
+                continue;
+            }
+            body.push_str(&line);
+            body.push('\n');
+            count += 1;
+            if count == batch {
+                break;
+            }
+        }
+        if count == 0 {
+            break;
+        }
+        let mut attempt = 0;
+        loop {
+            let mut request = client
+                .post(&endpoint)
+                .header("content-type", "application/x-ndjson")
+                .body(body.clone());
+            if let Some(token) = token {
+                request = request.bearer_auth(token);
+            }
+            let response = request
+                .send()
+                .await
+                .with_context(|| format!("posting to {endpoint}"))?;
+            let status = response.status();
+            if status.as_u16() == 503 && attempt < 20 {
+                let wait = response
+                    .headers()
+                    .get("retry-after")
+                    .and_then(|v| v.to_str().ok())
+                    .and_then(|v| v.parse().ok())
+                    .unwrap_or(1u64);
+                attempt += 1;
+                tokio::time::sleep(Duration::from_secs(wait)).await;
+                continue;
+            }
+            let text = response.text().await.unwrap_or_default();
+            if status.as_u16() == 202 {
+                accepted += count as u64;
+            } else {
+                rejected += count as u64;
+                eprintln!(
+                    "events {}..{}: HTTP {status}: {text}",
+                    first_line,
+                    first_line + count
+                );
+            }
+            break;
+        }
+        first_line += count;
+    }
+    Ok((accepted, rejected))
+}
+
+/// Prints a stream's records as NDJSON to stdout; with `follow`, keeps
+/// polling for new ones.
+pub async fn tail(
+    url: &str,
+    stream: &str,
+    from: &str,
+    limit: Option<usize>,
+    follow: bool,
+) -> anyhow::Result<()> {
+    let client = reqwest::Client::new();
+    let endpoint = format!("{}/v1/streams/{stream}/records", url.trim_end_matches('/'));
+    let mut cursor: Option<String> = None;
+    let mut printed = 0usize;
+    let mut stdout = std::io::stdout();
+    loop {
+        let page = limit.map_or(10_000, |l| (l - printed).clamp(1, 10_000));
+        let mut request = client.get(&endpoint).query(&[("limit", page.to_string())]);
+        request = match &cursor {
+            Some(c) => request.query(&[("cursor", c)]),
+            None => request.query(&[("from", from)]),
+        };
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("reading {endpoint}"))?;
+        let status = response.status();
+        let more = response
+            .headers()
+            .get("sluice-more")
+            .is_some_and(|v| v == "true");
+        cursor = response
+            .headers()
+            .get("sluice-cursor")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned);
+        let count: usize = response
+            .headers()
+            .get("sluice-count")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
+        let body = response.bytes().await?;
+        if !status.is_success() {
+            bail!("HTTP {status}: {}", String::from_utf8_lossy(&body).trim());
+        }
+        stdout.write_all(&body)?;
+        stdout.flush()?;
+        printed += count;
+        if limit.is_some_and(|l| printed >= l) {
+            return Ok(());
+        }
+        if !more {
+            if !follow {
+                return Ok(());
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+}

@@ -1,0 +1,560 @@
+//! Turning a request body into envelopes: one JSON event, a JSON array of
+//! them, or NDJSON. Each event is checked on its own; the request is taken
+//! whole or not at all, so a sender never has to work out which half of a
+//! batch landed.
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+
+use sluice_core::envelope::{self, RESERVED_HEADERS};
+use sluice_core::limits::MAX_PARTITION_KEY_CHARS;
+use sluice_core::stream::PutRecord;
+
+/// Most headers an event may carry.
+pub const MAX_HEADERS: usize = 64;
+/// Longest header name or event id.
+pub const MAX_NAME_CHARS: usize = 128;
+/// Longest string header value.
+pub const MAX_HEADER_VALUE_CHARS: usize = 1024;
+/// Deepest nesting of arrays and objects a payload may have, so that
+/// consumers with a recursive parser can read every payload.
+pub const MAX_PAYLOAD_DEPTH: usize = 64;
+
+/// The deepest nesting of arrays and objects in a JSON text.
+fn nesting_depth(json: &[u8]) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+    for &b in json {
+        if in_string {
+            match (escaped, b) {
+                (true, _) => escaped = false,
+                (false, b'\\') => escaped = true,
+                (false, b'"') => in_string = false,
+                _ => {}
+            }
+            continue;
+        }
+        match b {
+            b'"' => in_string = true,
+            b'[' | b'{' => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            b']' | b'}' => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
+}
+
+/// How the body is laid out.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BodyFormat {
+    /// `application/json`: one event object, or an array of them.
+    Json,
+    /// `application/x-ndjson` (or jsonl): one event per line.
+    Ndjson,
+}
+
+impl BodyFormat {
+    /// The format for a Content-Type value, or `None` if unsupported.
+    pub fn from_content_type(value: &str) -> Option<Self> {
+        let essence = value
+            .split(';')
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_ascii_lowercase();
+        match essence.as_str() {
+            "application/json" => Some(BodyFormat::Json),
+            "application/x-ndjson"
+            | "application/ndjson"
+            | "application/jsonl"
+            | "application/x-jsonlines" => Some(BodyFormat::Ndjson),
+            _ => None,
+        }
+    }
+}
+
+/// Settings the ingest checks use.
+#[derive(Clone, Debug)]
+pub struct IngestRules {
+    pub max_event_bytes: usize,
+    pub max_events: usize,
+    pub partition_key_header: Option<String>,
+    pub source: String,
+}
+
+/// Why one event was refused.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize)]
+pub struct Rejection {
+    /// Position of the event in the request (0-based; the line for NDJSON).
+    pub index: usize,
+    /// 400 for a bad event, 413 for one too large.
+    pub status: u16,
+    pub reason: String,
+}
+
+/// Why a whole body was refused before looking at events.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BodyError {
+    Empty,
+    NotJson(String),
+    NotEventOrArray,
+    TooManyEvents { count: usize, limit: usize },
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Empty => f.write_str("the body holds no events"),
+            BodyError::NotJson(e) => write!(f, "the body is not valid JSON: {e}"),
+            BodyError::NotEventOrArray => {
+                f.write_str("a JSON body is one event object or an array of them")
+            }
+            BodyError::TooManyEvents { count, limit } => {
+                write!(f, "{count} events in one request; the limit is {limit}")
+            }
+        }
+    }
+}
+
+/// The outcome of checking a body.
+#[derive(Debug)]
+pub enum Ingested {
+    /// Every event is good: the records to write, in order.
+    Accepted(Vec<PutRecord>),
+    /// Some events are bad: nothing is written.
+    Rejected(Vec<Rejection>),
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct IncomingEvent<'a> {
+    #[serde(rename = "type")]
+    kind: Option<Value>,
+    #[serde(default)]
+    headers: Option<Map<String, Value>>,
+    #[serde(default)]
+    partition_key: Option<Value>,
+    #[serde(default)]
+    event_id: Option<Value>,
+    #[serde(default)]
+    ts: Option<Value>,
+    #[serde(borrow, default)]
+    payload: Option<&'a RawValue>,
+}
+
+/// Splits a body into the raw text of each event.
+fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8])>, BodyError> {
+    match format {
+        BodyFormat::Ndjson => {
+            let events: Vec<(usize, &[u8])> = body
+                .split(|b| *b == b'\n')
+                .enumerate()
+                .map(|(i, line)| (i, line.strip_suffix(b"\r").unwrap_or(line)))
+                .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
+                .collect();
+            if events.is_empty() {
+                Err(BodyError::Empty)
+            } else {
+                Ok(events)
+            }
+        }
+        BodyFormat::Json => {
+            let first = body
+                .iter()
+                .find(|b| !b.is_ascii_whitespace())
+                .ok_or(BodyError::Empty)?;
+            match first {
+                b'{' => Ok(vec![(0, body)]),
+                b'[' => {
+                    let items: Vec<&RawValue> = serde_json::from_slice(body)
+                        .map_err(|e| BodyError::NotJson(e.to_string()))?;
+                    if items.is_empty() {
+                        return Err(BodyError::Empty);
+                    }
+                    // A RawValue borrows from the body, so its bytes are a sub-slice of it.
+                    Ok(items
+                        .into_iter()
+                        .map(|raw| raw.get().as_bytes())
+                        .enumerate()
+                        .collect())
+                }
+                _ => match serde_json::from_slice::<serde::de::IgnoredAny>(body) {
+                    Ok(_) => Err(BodyError::NotEventOrArray),
+                    Err(e) => Err(BodyError::NotJson(e.to_string())),
+                },
+            }
+        }
+    }
+}
+
+/// Checks a body and builds the records to write. `now` gives the event
+/// time and id for events without them.
+pub fn ingest(
+    body: &Bytes,
+    format: BodyFormat,
+    rules: &IngestRules,
+    now: &dyn Fn() -> (String, String),
+) -> Result<Ingested, BodyError> {
+    let events = split(body, format)?;
+    if events.len() > rules.max_events {
+        return Err(BodyError::TooManyEvents {
+            count: events.len(),
+            limit: rules.max_events,
+        });
+    }
+    let mut records = Vec::with_capacity(events.len());
+    let mut rejections = Vec::new();
+    for (index, text) in events {
+        match build(text, rules, now) {
+            Ok(record) => records.push(record),
+            Err((status, reason)) => rejections.push(Rejection {
+                index,
+                status,
+                reason,
+            }),
+        }
+    }
+    Ok(if rejections.is_empty() {
+        Ingested::Accepted(records)
+    } else {
+        Ingested::Rejected(rejections)
+    })
+}
+
+fn bad(reason: impl Into<String>) -> (u16, String) {
+    (400, reason.into())
+}
+
+fn short_string(value: Value, field: &str, max: usize) -> Result<String, (u16, String)> {
+    match value {
+        Value::String(s) if !s.is_empty() && s.chars().count() <= max => Ok(s),
+        Value::String(_) => Err(bad(format!("`{field}` must be 1 to {max} characters"))),
+        _ => Err(bad(format!("`{field}` must be a string"))),
+    }
+}
+
+fn build(
+    text: &[u8],
+    rules: &IngestRules,
+    now: &dyn Fn() -> (String, String),
+) -> Result<PutRecord, (u16, String)> {
+    // An event can't make an envelope smaller than itself minus its framing,
+    // so the raw size is a cheap first check.
+    if text.len() > rules.max_event_bytes + 64 {
+        return Err((
+            413,
+            format!(
+                "event is {} bytes; the limit is {}",
+                text.len(),
+                rules.max_event_bytes
+            ),
+        ));
+    }
+    let event: IncomingEvent = serde_json::from_slice(text).map_err(|e| {
+        if e.is_data() {
+            bad(format!("not a valid event: {e}"))
+        } else {
+            bad(format!("not valid JSON: {e}"))
+        }
+    })?;
+    let kind = short_string(
+        event.kind.ok_or_else(|| bad("missing `type`"))?,
+        "type",
+        MAX_NAME_CHARS,
+    )?;
+    let mut sender_headers = event.headers.unwrap_or_default();
+    if sender_headers.len() > MAX_HEADERS {
+        return Err(bad(format!(
+            "{} headers; the limit is {MAX_HEADERS}",
+            sender_headers.len()
+        )));
+    }
+    for (name, value) in &sender_headers {
+        if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
+            return Err(bad(format!(
+                "header names must be 1 to {MAX_NAME_CHARS} characters"
+            )));
+        }
+        if matches!(name.as_str(), "type" | "event_id" | "ts") {
+            return Err(bad(format!(
+                "header `{name}` is set from the top-level `{name}` field"
+            )));
+        }
+        match value {
+            Value::String(s) if s.chars().count() > MAX_HEADER_VALUE_CHARS => {
+                return Err(bad(format!(
+                    "header `{name}` is longer than {MAX_HEADER_VALUE_CHARS} characters"
+                )))
+            }
+            Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
+            _ => {
+                return Err(bad(format!(
+                    "header `{name}` must be a string, number or boolean"
+                )))
+            }
+        }
+    }
+    if let Some(payload) = event.payload {
+        if nesting_depth(payload.get().as_bytes()) > MAX_PAYLOAD_DEPTH {
+            return Err(bad(format!(
+                "payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
+            )));
+        }
+    }
+    let (now_ts, new_id) = now();
+    let event_id = match event.event_id {
+        Some(value) => short_string(value, "event_id", MAX_NAME_CHARS)?,
+        None => new_id,
+    };
+    let ts = match event.ts {
+        Some(Value::String(text)) => normalize_ts(&text)
+            .ok_or_else(|| bad(format!("`ts` {text:?} is not an RFC 3339 time")))?,
+        Some(_) => return Err(bad("`ts` must be an RFC 3339 string")),
+        None => now_ts,
+    };
+    let partition_key = match event.partition_key {
+        Some(value) => short_string(value, "partition_key", MAX_PARTITION_KEY_CHARS)?,
+        None => rules
+            .partition_key_header
+            .as_ref()
+            .and_then(|h| sender_headers.get(h))
+            .map(|v| match v {
+                Value::String(s) => s.clone(),
+                other => other.to_string(),
+            })
+            .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS)
+            .unwrap_or_else(|| event_id.clone()),
+    };
+    let source = sender_headers
+        .remove("source")
+        .unwrap_or_else(|| Value::String(rules.source.clone()));
+    let reserved = [
+        ("type", Value::String(kind)),
+        ("source", source),
+        ("event_id", Value::String(event_id)),
+        ("ts", Value::String(ts)),
+    ];
+    debug_assert!(reserved.iter().all(|(n, _)| RESERVED_HEADERS.contains(n)));
+    let headers = reserved
+        .iter()
+        .map(|(n, v)| (*n, v))
+        .chain(sender_headers.iter().map(|(n, v)| (n.as_str(), v)));
+    let data = envelope::encode(headers, event.payload.map(|raw| raw.get().as_bytes()));
+    if data.len() > rules.max_event_bytes {
+        return Err((
+            413,
+            format!(
+                "event makes a {}-byte record; the limit is {}",
+                data.len(),
+                rules.max_event_bytes
+            ),
+        ));
+    }
+    Ok(PutRecord::new(partition_key, data))
+}
+
+/// RFC 3339 in, UTC with milliseconds out.
+pub fn normalize_ts(text: &str) -> Option<String> {
+    let parsed = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+    Some(format_ts(parsed.with_timezone(&chrono::Utc)))
+}
+
+pub fn format_ts(at: chrono::DateTime<chrono::Utc>) -> String {
+    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use sluice_core::envelope::{decode, HeaderValue};
+
+    fn rules() -> IngestRules {
+        IngestRules {
+            max_event_bytes: 1024,
+            max_events: 100,
+            partition_key_header: Some("session".into()),
+            source: "web".into(),
+        }
+    }
+
+    fn fixed_now() -> (String, String) {
+        ("2026-11-28T12:00:00.000Z".into(), "0193-id".into())
+    }
+
+    fn accept(body: &str, format: BodyFormat) -> Vec<PutRecord> {
+        match ingest(&Bytes::from(body.to_owned()), format, &rules(), &fixed_now).unwrap() {
+            Ingested::Accepted(records) => records,
+            Ingested::Rejected(r) => panic!("rejected: {r:?}"),
+        }
+    }
+
+    fn reject(body: &str, format: BodyFormat) -> Vec<Rejection> {
+        match ingest(&Bytes::from(body.to_owned()), format, &rules(), &fixed_now).unwrap() {
+            Ingested::Accepted(_) => panic!("accepted {body}"),
+            Ingested::Rejected(r) => r,
+        }
+    }
+
+    #[test]
+    fn builds_envelopes_with_reserved_headers_first_and_payload_bytes_kept() {
+        let body = r#"{"type":"purchase","headers":{"region":"eu","amount":12.5},"partition_key":"u-1","ts":"2026-11-28T13:40:05.123+01:00","payload":{ "b" : [1, 2.50] }}"#;
+        let records = accept(body, BodyFormat::Json);
+        assert_eq!(records.len(), 1);
+        assert_eq!(records[0].partition_key, "u-1");
+        let env = decode(&records[0].data).unwrap();
+        let names: Vec<&str> = env.headers.iter().map(|(n, _)| n).collect();
+        assert_eq!(names[..4], ["type", "source", "event_id", "ts"]);
+        assert_eq!(
+            env.headers.get("ts"),
+            Some(&HeaderValue::Str("2026-11-28T12:40:05.123Z".into()))
+        );
+        assert_eq!(
+            env.headers.get("event_id"),
+            Some(&HeaderValue::Str("0193-id".into()))
+        );
+        assert_eq!(env.headers.get("amount"), Some(&HeaderValue::Num(12.5)));
+        assert_eq!(env.payload, Some(&br#"{ "b" : [1, 2.50] }"#[..]));
+    }
+
+    #[test]
+    fn arrays_and_ndjson_carry_many_events() {
+        let array = r#"[{"type":"a"}, {"type":"b","headers":{"session":"s-9"}}]"#;
+        let records = accept(array, BodyFormat::Json);
+        assert_eq!(records.len(), 2);
+        assert_eq!(
+            records[0].partition_key, "0193-id",
+            "event id when nothing else"
+        );
+        assert_eq!(records[1].partition_key, "s-9", "the configured header");
+        let ndjson = "{\"type\":\"a\"}\r\n\n{\"type\":\"b\",\"event_id\":\"e-2\"}\n";
+        let records = accept(ndjson, BodyFormat::Ndjson);
+        assert_eq!(records.len(), 2);
+        assert_eq!(records[1].partition_key, "e-2");
+    }
+
+    #[test]
+    fn each_bad_event_gets_its_reason_and_nothing_is_taken() {
+        let big = format!(r#"{{"type":"a","payload":"{}"}}"#, "x".repeat(2000));
+        let body = [
+            r#"{"type":"ok"}"#,
+            r#"{"type":"ok""#,
+            r#"{"payload":1}"#,
+            r#"{"type":"a","colour":"red"}"#,
+            r#"{"type":"a","headers":{"nested":{"x":1}}}"#,
+            r#"{"type":"a","headers":{"type":"b"}}"#,
+            r#"{"type":"a","ts":"yesterday"}"#,
+            r#"{"type":7}"#,
+            &big,
+            "[1,2]",
+        ]
+        .join("\n");
+        let rejections = reject(&body, BodyFormat::Ndjson);
+        let reasons: Vec<(usize, u16, &str)> = rejections
+            .iter()
+            .map(|r| (r.index, r.status, r.reason.as_str()))
+            .collect();
+        let expect = [
+            (1, 400, "not valid JSON"),
+            (2, 400, "missing `type`"),
+            (3, 400, "unknown field `colour`"),
+            (4, 400, "must be a string, number or boolean"),
+            (5, 400, "set from the top-level"),
+            (6, 400, "not an RFC 3339 time"),
+            (7, 400, "`type` must be a string"),
+            (8, 413, "limit is 1024"),
+            (9, 400, "not a valid event"),
+        ];
+        assert_eq!(reasons.len(), expect.len(), "{reasons:?}");
+        for ((index, status, reason), (ei, es, er)) in reasons.iter().zip(expect) {
+            assert_eq!((*index, *status), (ei, es), "{reason}");
+            assert!(reason.contains(er), "{reason} should say {er}");
+        }
+    }
+
+    #[test]
+    fn whole_bodies_that_are_not_events_are_refused() {
+        let r = rules();
+        let check = |body: &[u8], format| {
+            ingest(&Bytes::copy_from_slice(body), format, &r, &fixed_now).unwrap_err()
+        };
+        assert_eq!(check(b"", BodyFormat::Json), BodyError::Empty);
+        assert_eq!(check(b"  \n ", BodyFormat::Ndjson), BodyError::Empty);
+        assert_eq!(check(b"[]", BodyFormat::Json), BodyError::Empty);
+        assert_eq!(check(b"42", BodyFormat::Json), BodyError::NotEventOrArray);
+        assert!(matches!(
+            check(b"[{\"type\":\"a\"},", BodyFormat::Json),
+            BodyError::NotJson(_)
+        ));
+        assert!(matches!(
+            check(b"\xff\xfe", BodyFormat::Json),
+            BodyError::NotJson(_)
+        ));
+        let many = "{\"type\":\"a\"}\n".repeat(101);
+        assert_eq!(
+            check(many.as_bytes(), BodyFormat::Ndjson),
+            BodyError::TooManyEvents {
+                count: 101,
+                limit: 100
+            }
+        );
+    }
+
+    #[test]
+    fn deep_payloads_and_invalid_utf8_are_rejected_per_event() {
+        let deep = format!(
+            r#"{{"type":"a","payload":{}{}}}"#,
+            "[".repeat(300),
+            "]".repeat(300)
+        );
+        let rejections = reject(&deep, BodyFormat::Ndjson);
+        assert_eq!(rejections[0].status, 400);
+        assert!(
+            rejections[0].reason.contains("nests deeper than 64"),
+            "{:?}",
+            rejections[0]
+        );
+        let nested_ok = format!(
+            r#"{{"type":"a","payload":{}"[{{]\"}}"{}}}"#,
+            "[".repeat(64),
+            "]".repeat(64)
+        );
+        assert_eq!(
+            accept(&nested_ok, BodyFormat::Ndjson).len(),
+            1,
+            "brackets inside strings do not count"
+        );
+        // A whole body nested far deeper than any limit is refused, not a crash.
+        let deep_body = format!("[{}{}]", "[".repeat(100_000), "]".repeat(100_000));
+        let outcome = ingest(
+            &Bytes::from(deep_body),
+            BodyFormat::Json,
+            &rules(),
+            &fixed_now,
+        );
+        assert!(!matches!(outcome, Ok(Ingested::Accepted(_))));
+        let body = Bytes::from_static(b"{\"type\":\"a\xff\"}");
+        let Ingested::Rejected(r) =
+            ingest(&body, BodyFormat::Ndjson, &rules(), &fixed_now).unwrap()
+        else {
+            panic!("accepted invalid UTF-8");
+        };
+        assert_eq!(r[0].status, 400);
+    }
+
+    #[test]
+    fn content_types() {
+        assert_eq!(
+            BodyFormat::from_content_type("application/json; charset=utf-8"),
+            Some(BodyFormat::Json)
+        );
+        assert_eq!(
+            BodyFormat::from_content_type("Application/X-NDJSON"),
+            Some(BodyFormat::Ndjson)
+        );
+        assert_eq!(BodyFormat::from_content_type("text/plain"), None);
+    }
+}

@@ -1,0 +1,160 @@
+//! The collector: `POST /v1/events`. Checks every event, wraps each in an
+//! envelope, and answers `202 {"accepted": n}` only once the inbound stream
+//! acknowledged all of them.
+
+pub mod ingest;
+
+use std::sync::Arc;
+
+use axum::extract::State;
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::IntoResponse;
+use axum::Json;
+use bytes::Bytes;
+use tokio::sync::Semaphore;
+
+use sluice_client::{ProduceError, Producer};
+use sluice_core::retry::Retryable;
+use sluice_telemetry::{metrics, Counter, Gauge};
+
+use crate::error::AppError;
+use ingest::{BodyError, BodyFormat, IngestRules, Ingested};
+
+/// The collector's shared state.
+pub struct Collector {
+    pub producer: Producer,
+    pub rules: IngestRules,
+    /// Bounds the events waiting for the stream across all requests.
+    pub queue: Arc<Semaphore>,
+    pub tokens: Vec<String>,
+    received: Counter,
+    accepted: Counter,
+    queue_depth: Gauge,
+}
+
+impl Collector {
+    pub fn new(
+        producer: Producer,
+        rules: IngestRules,
+        queue_events: usize,
+        tokens: Vec<String>,
+    ) -> Self {
+        Self {
+            producer,
+            rules,
+            queue: Arc::new(Semaphore::new(queue_events)),
+            tokens,
+            received: metrics::COLLECTOR_EVENTS_RECEIVED.counter(&[]),
+            accepted: metrics::COLLECTOR_EVENTS_ACCEPTED.counter(&[]),
+            queue_depth: metrics::COLLECTOR_QUEUE_DEPTH.gauge(&[]),
+        }
+    }
+
+    fn authorize(&self, headers: &HeaderMap) -> Result<(), AppError> {
+        if self.tokens.is_empty() {
+            return Ok(());
+        }
+        let presented = headers
+            .get(header::AUTHORIZATION)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.strip_prefix("Bearer "))
+            .ok_or_else(|| AppError::Unauthorized("a bearer token is required".into()))?;
+        if self
+            .tokens
+            .iter()
+            .any(|t| constant_time_eq(t.as_bytes(), presented.as_bytes()))
+        {
+            Ok(())
+        } else {
+            Err(AppError::Unauthorized(
+                "the bearer token is not valid".into(),
+            ))
+        }
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn reject_reason(reason: &str) {
+    metrics::COLLECTOR_EVENTS_REJECTED
+        .counter(&[("reason", reason)])
+        .inc();
+}
+
+fn now() -> (String, String) {
+    (
+        ingest::format_ts(chrono::Utc::now()),
+        uuid::Uuid::now_v7().to_string(),
+    )
+}
+
+/// `POST /v1/events`.
+pub async fn post_events(
+    State(collector): State<Arc<Collector>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<impl IntoResponse, AppError> {
+    collector.authorize(&headers)?;
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
+        AppError::UnsupportedMediaType(format!(
+            "content type {content_type:?} is not supported; send application/json (an event or an array) or application/x-ndjson"
+        ))
+    })?;
+    let outcome = ingest::ingest(&body, format, &collector.rules, &now).map_err(|e| {
+        reject_reason(match e {
+            BodyError::TooManyEvents { .. } => "too_many_events",
+            _ => "bad_body",
+        });
+        match e {
+            BodyError::TooManyEvents { .. } => AppError::TooLarge(e.to_string()),
+            other => AppError::BadRequest(other.to_string()),
+        }
+    })?;
+    let records = match outcome {
+        Ingested::Accepted(records) => records,
+        Ingested::Rejected(rejections) => {
+            for r in &rejections {
+                reject_reason(if r.status == 413 {
+                    "too_large"
+                } else {
+                    "invalid"
+                });
+            }
+            return Err(AppError::Rejected(rejections));
+        }
+    };
+    let count = records.len();
+    collector.received.add(count as u64);
+    let Ok(permit) = collector.queue.clone().try_acquire_many_owned(count as u32) else {
+        reject_reason("queue_full");
+        return Err(AppError::Unavailable {
+            reason: "the collector's queue is full; retry shortly".into(),
+            retry_after_secs: 1,
+        });
+    };
+    collector.queue_depth.add(count as i64);
+    let sent = collector.producer.send(records).await;
+    collector.queue_depth.add(-(count as i64));
+    drop(permit);
+    match sent {
+        Ok(()) => {
+            collector.accepted.add(count as u64);
+            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "accepted": count }))))
+        }
+        Err(e @ ProduceError::Closed(_)) => Err(AppError::Unavailable {
+            reason: format!("shutting down: {e}"),
+            retry_after_secs: 1,
+        }),
+        Err(e) if e.is_retryable() => Err(AppError::Unavailable {
+            reason: format!("the stream did not acknowledge every event ({e}); retry the request, ideally with event_id set"),
+            retry_after_secs: 1,
+        }),
+        Err(e) => Err(AppError::Internal(format!("the stream refused the events: {e}"))),
+    }
+}

@@ -1,0 +1,359 @@
+//! The configuration file (`sluice.toml`): inbound stream, backend,
+//! collector, router, and the routing rules.
+//!
+//! Every table refuses unknown keys, and the whole file is checked before
+//! anything starts; an error names the file, the line and the reason.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sluice_core::limits::{MAX_PARTITION_KEY_CHARS, MAX_RECORD_BYTES};
+use sluice_core::retry::Backoff;
+use sluice_core::rules::{self, DeadLetter, Route, RuleSet, Unmatched};
+
+/// The example configuration, also used when no file is given or found.
+pub const DEFAULT_CONFIG: &str = include_str!("../../../sluice.toml");
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// The stream the collector writes and the router reads.
+    #[serde(default = "default_inbound", deserialize_with = "stream_name")]
+    pub inbound: String,
+    #[serde(default)]
+    pub backend: BackendConfig,
+    #[serde(default)]
+    pub streams: StreamsConfig,
+    #[serde(default)]
+    pub collector: CollectorConfig,
+    #[serde(default)]
+    pub router: RouterConfig,
+    #[serde(default, deserialize_with = "rules::route_list")]
+    pub routes: Vec<Route>,
+    #[serde(default)]
+    pub unmatched: Unmatched,
+    #[serde(default)]
+    pub dead_letter: DeadLetter,
+}
+
+fn default_inbound() -> String {
+    "inbound".into()
+}
+
+fn stream_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    rules::check_stream_name(&name).map_err(serde::de::Error::custom)?;
+    Ok(name)
+}
+
+/// Which backend holds streams and tables.
+#[derive(Clone, Debug, Deserialize, PartialEq)]
+#[serde(tag = "kind", rename_all = "lowercase", deny_unknown_fields)]
+pub enum BackendConfig {
+    /// Embedded, durable storage in one directory.
+    Local {
+        /// Where data lives (default `sluice-data` under the working directory).
+        #[serde(default)]
+        data_dir: Option<PathBuf>,
+        /// How long records are kept (default 24).
+        #[serde(default = "default_retention")]
+        retention_hours: u32,
+    },
+}
+
+fn default_retention() -> u32 {
+    24
+}
+
+impl Default for BackendConfig {
+    fn default() -> Self {
+        BackendConfig::Local {
+            data_dir: None,
+            retention_hours: default_retention(),
+        }
+    }
+}
+
+/// Shard counts of the streams Sluice creates.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamsConfig {
+    /// Shards of the inbound stream (default 4).
+    #[serde(default = "default_inbound_shards")]
+    pub inbound_shards: u32,
+    /// Shards of each output stream (default 2).
+    #[serde(default = "default_output_shards")]
+    pub output_shards: u32,
+}
+
+fn default_inbound_shards() -> u32 {
+    4
+}
+fn default_output_shards() -> u32 {
+    2
+}
+
+impl Default for StreamsConfig {
+    fn default() -> Self {
+        Self {
+            inbound_shards: default_inbound_shards(),
+            output_shards: default_output_shards(),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CollectorConfig {
+    /// Address of the HTTP server: collector, read API and /metrics (default 127.0.0.1:8080).
+    #[serde(default = "default_listen")]
+    pub listen: SocketAddr,
+    /// Largest envelope one event may make, in bytes (default 256 KiB, at most 1 MiB).
+    #[serde(default = "default_max_event_bytes")]
+    pub max_event_bytes: usize,
+    /// Largest request body, in bytes (default 8 MiB).
+    #[serde(default = "default_max_body_bytes")]
+    pub max_body_bytes: usize,
+    /// Most events in one request (default 10,000).
+    #[serde(default = "default_max_events")]
+    pub max_events_per_request: usize,
+    /// Events waiting for the stream across all requests; past it, 503 (default 100,000).
+    #[serde(default = "default_queue_events")]
+    pub queue_events: usize,
+    /// Header whose value becomes the partition key when an event gives none.
+    #[serde(default)]
+    pub partition_key_header: Option<String>,
+    /// The `source` header set when an event's headers have none (default "web").
+    #[serde(default = "default_source")]
+    pub source: String,
+    /// How long a shard's batch waits to fill, in milliseconds (default 5).
+    #[serde(default = "default_linger_ms")]
+    pub linger_ms: u64,
+    /// Retry timing for PutRecords.
+    #[serde(default)]
+    pub retry: Backoff,
+    /// Name of an environment variable holding the accepted bearer tokens,
+    /// comma-separated. Unset: no authentication, allowed on loopback only.
+    #[serde(default)]
+    pub tokens_env: Option<String>,
+}
+
+fn default_listen() -> SocketAddr {
+    "127.0.0.1:8080".parse().expect("valid address")
+}
+fn default_max_event_bytes() -> usize {
+    256 * 1024
+}
+fn default_max_body_bytes() -> usize {
+    8 * 1024 * 1024
+}
+fn default_max_events() -> usize {
+    10_000
+}
+fn default_queue_events() -> usize {
+    100_000
+}
+fn default_source() -> String {
+    "web".into()
+}
+fn default_linger_ms() -> u64 {
+    5
+}
+
+impl Default for CollectorConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RouterConfig {
+    /// Records larger than this go to dead-letter (default and maximum 1 MiB).
+    #[serde(default = "default_max_record_bytes")]
+    pub max_record_bytes: usize,
+    /// Records read per GetRecords call (default 1,000, at most 10,000).
+    #[serde(default = "default_batch")]
+    pub batch_records: usize,
+    /// Wait before reading a shard again when it had nothing, in milliseconds (default 50).
+    #[serde(default = "default_poll_ms")]
+    pub idle_poll_ms: u64,
+    /// Table holding the router's checkpoints (default "sluice-router").
+    #[serde(default = "default_checkpoint_table")]
+    pub checkpoint_table: String,
+    #[serde(default)]
+    pub retry: Backoff,
+}
+
+fn default_max_record_bytes() -> usize {
+    MAX_RECORD_BYTES
+}
+fn default_batch() -> usize {
+    1000
+}
+fn default_poll_ms() -> u64 {
+    50
+}
+fn default_checkpoint_table() -> String {
+    "sluice-router".into()
+}
+
+impl Default for RouterConfig {
+    fn default() -> Self {
+        toml::from_str("").expect("defaults")
+    }
+}
+
+/// A configuration error, naming the file.
+#[derive(Debug, thiserror::Error)]
+#[error("config error in {file}: {message}")]
+pub struct ConfigError {
+    pub file: String,
+    pub message: String,
+}
+
+impl Config {
+    /// Parses and checks a configuration text; `file` names it in errors.
+    pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
+        let error = |message: String| ConfigError {
+            file: file.to_owned(),
+            message,
+        };
+        let config: Config =
+            toml::from_str(text).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
+        config.check().map_err(error)?;
+        Ok(config)
+    }
+
+    /// Reads `path`, or the default configuration when `path` is `None`.
+    pub fn load(path: Option<&Path>) -> Result<Self, ConfigError> {
+        match path {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    file: path.display().to_string(),
+                    message: e.to_string(),
+                })?;
+                Self::parse(&text, &path.display().to_string())
+            }
+            None => Self::parse(DEFAULT_CONFIG, "the built-in default configuration"),
+        }
+    }
+
+    fn check(&self) -> Result<(), String> {
+        let c = &self.collector;
+        if c.max_event_bytes == 0 || c.max_event_bytes > MAX_RECORD_BYTES {
+            return Err(format!(
+                "collector.max_event_bytes: expected 1 to {MAX_RECORD_BYTES}, found {}",
+                c.max_event_bytes
+            ));
+        }
+        if c.max_events_per_request == 0 || c.max_events_per_request > c.queue_events {
+            return Err(format!(
+                "collector.max_events_per_request: expected 1 to collector.queue_events ({}), found {}",
+                c.queue_events, c.max_events_per_request
+            ));
+        }
+        if c.max_body_bytes == 0 || c.max_body_bytes > 256 * 1024 * 1024 {
+            return Err("collector.max_body_bytes: expected 1 byte to 256 MiB".into());
+        }
+        if c.linger_ms > 10_000 {
+            return Err("collector.linger_ms: expected at most 10,000".into());
+        }
+        if let Some(header) = &c.partition_key_header {
+            if header.is_empty() {
+                return Err("collector.partition_key_header: expected a header name".into());
+            }
+        }
+        if c.source.is_empty() || c.source.chars().count() > MAX_PARTITION_KEY_CHARS {
+            return Err("collector.source: expected 1 to 256 characters".into());
+        }
+        let r = &self.router;
+        if r.max_record_bytes == 0 || r.max_record_bytes > MAX_RECORD_BYTES {
+            return Err(format!(
+                "router.max_record_bytes: expected 1 to {MAX_RECORD_BYTES}"
+            ));
+        }
+        if r.batch_records == 0 || r.batch_records > sluice_core::limits::MAX_GET_RECORDS {
+            return Err("router.batch_records: expected 1 to 10,000".into());
+        }
+        for (key, shards) in [
+            ("streams.inbound_shards", self.streams.inbound_shards),
+            ("streams.output_shards", self.streams.output_shards),
+        ] {
+            if shards == 0 || shards > 1024 {
+                return Err(format!("{key}: expected 1 to 1024, found {shards}"));
+            }
+        }
+        let rules = self.rules();
+        if rules.streams().iter().any(|s| s == &self.inbound) {
+            return Err(format!(
+                "routes: stream {:?} is the inbound stream; routing into it would loop",
+                self.inbound
+            ));
+        }
+        Ok(())
+    }
+
+    /// The routing rules, compiled.
+    pub fn rules(&self) -> RuleSet {
+        RuleSet::new(&self.routes, &self.unmatched, &self.dead_letter)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_default_configuration_is_valid() {
+        let config = Config::load(None).unwrap();
+        assert_eq!(config.inbound, "inbound");
+        assert!(!config.routes.is_empty());
+        assert_eq!(config.collector.listen, default_listen());
+    }
+
+    #[test]
+    fn errors_name_the_file_the_line_and_the_problem() {
+        let cases = [
+            (
+                "inbound = \"in\"\n[collector]\nlisten = \"nowhere\"\n",
+                "line 3",
+                "invalid socket address",
+            ),
+            (
+                "[collector]\nlisten_port = 1\n",
+                "line 2",
+                "unknown field `listen_port`",
+            ),
+            (
+                "[backend]\nkind = \"cloud\"\n",
+                "line 2",
+                "unknown variant `cloud`",
+            ),
+            (
+                "[collector]\nmax_event_bytes = 2000000\n",
+                "",
+                "collector.max_event_bytes",
+            ),
+            (
+                "inbound = \"in\"\n[[routes]]\nname = \"loop\"\nto = [\"in\"]\n",
+                "",
+                "routing into it would loop",
+            ),
+            (
+                "[[routes]]\nname = \"r\"\nmatch = { t = [{ nope = 1 }] }\nto = [\"x\"]\n",
+                "line 3",
+                "unknown matcher `nope`",
+            ),
+        ];
+        for (text, line, reason) in cases {
+            let err = Config::parse(text, "my.toml").unwrap_err().to_string();
+            assert!(err.starts_with("config error in my.toml"), "{err}");
+            assert!(
+                err.contains(line) && err.contains(reason),
+                "{text}\n=> {err}"
+            );
+        }
+    }
+}

@@ -1,0 +1,54 @@
+//! The router: the pure routing function lives in `sluice_core::router`;
+//! this module holds what runs it. [`worker`] is the self-hosted worker
+//! that reads the inbound stream shard by shard.
+
+pub mod worker;
+
+use std::sync::Arc;
+
+use sluice_client::{ProduceError, Producer};
+use sluice_core::router::{route_batch, RouterOptions};
+use sluice_core::rules::RuleSet;
+use sluice_core::stream::Record;
+use sluice_telemetry::metrics;
+
+/// Routes a batch and writes every output, returning once all were
+/// acknowledged. The caller may checkpoint the batch only after `Ok`.
+pub struct RouteAndDeliver {
+    pub rules: Arc<RuleSet>,
+    pub options: RouterOptions,
+    /// One producer per stream of `rules.streams()`, same order.
+    pub producers: Vec<Producer>,
+}
+
+impl RouteAndDeliver {
+    pub async fn handle(&self, records: &[Record]) -> Result<(), ProduceError> {
+        let batch = route_batch(&self.rules, &self.options, records);
+        metrics::ROUTER_RECORDS_IN
+            .counter(&[])
+            .add(records.len() as u64);
+        for (route, count) in self.rules.route_names().iter().zip(&batch.per_route) {
+            if *count > 0 {
+                metrics::ROUTER_ROUTED
+                    .counter(&[("route", route)])
+                    .add(*count);
+            }
+        }
+        metrics::ROUTER_UNMATCHED.counter(&[]).add(batch.unmatched);
+        for (reason, count) in &batch.dead_letters {
+            metrics::ROUTER_DEAD_LETTERS
+                .counter(&[("reason", reason)])
+                .add(*count);
+        }
+        let sends = batch
+            .outputs
+            .into_iter()
+            .zip(&self.producers)
+            .filter(|(records, _)| !records.is_empty())
+            .map(|(records, producer)| producer.send(records));
+        for outcome in futures::future::join_all(sends).await {
+            outcome?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,216 @@
+//! `sluice up`: the whole pipeline in one process on the embedded backend —
+//! collector, router worker and read API on one listen address.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{bail, Context};
+use axum::extract::DefaultBodyLimit;
+use axum::routing::{get, post};
+use axum::Router;
+use tokio::sync::watch;
+
+use sluice_backends::local::{LocalBackend, LocalStreamOptions};
+use sluice_client::{Producer, ProducerConfig};
+use sluice_core::router::RouterOptions;
+use sluice_core::{StreamBackend, StreamError, TableBackend};
+
+use crate::collector::{ingest::IngestRules, post_events, Collector};
+use crate::config::{BackendConfig, Config};
+use crate::router::worker::{RouterWorker, WorkerSettings};
+use crate::router::RouteAndDeliver;
+
+/// What `sluice up` runs with.
+pub struct UpOptions {
+    pub config: Config,
+    pub data_dir: Option<PathBuf>,
+    pub listen: Option<SocketAddr>,
+}
+
+/// Creates the inbound stream and every stream the rules name, if missing.
+pub async fn ensure_streams(streams: &dyn StreamBackend, config: &Config) -> anyhow::Result<()> {
+    let existing = streams.list_streams().await?;
+    let mut wanted = vec![(config.inbound.clone(), config.streams.inbound_shards)];
+    for name in config.rules().streams() {
+        wanted.push((name.clone(), config.streams.output_shards));
+    }
+    for (name, shards) in wanted {
+        if existing.contains(&name) {
+            continue;
+        }
+        match streams.create_stream(&name, shards).await {
+            Ok(()) | Err(StreamError::AlreadyExists(_)) => {
+                tracing::info!(stream = %name, shards, "created stream");
+            }
+            Err(e) => return Err(e).with_context(|| format!("creating stream {name}")),
+        }
+    }
+    Ok(())
+}
+
+fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
+    let Some(var) = &config.collector.tokens_env else {
+        return Ok(Vec::new());
+    };
+    let value = std::env::var(var)
+        .with_context(|| format!("collector.tokens_env names {var}, which is not set"))?;
+    let tokens: Vec<String> = value
+        .split(',')
+        .map(str::trim)
+        .filter(|t| !t.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if tokens.is_empty() {
+        bail!("{var} holds no tokens");
+    }
+    Ok(tokens)
+}
+
+/// The HTTP routes: collector, read API, metrics, health.
+pub fn http_routes(
+    collector: Arc<Collector>,
+    streams: Arc<dyn StreamBackend>,
+    max_body_bytes: usize,
+) -> Router {
+    let collector_routes = Router::new()
+        .route("/v1/events", post(post_events))
+        .layer(DefaultBodyLimit::max(max_body_bytes))
+        .with_state(collector);
+    let api_routes = Router::new()
+        .route("/v1/streams", get(crate::api::list_streams))
+        .route("/v1/streams/{name}/records", get(crate::api::read_records))
+        .with_state(streams);
+    collector_routes
+        .merge(api_routes)
+        .route(
+            "/metrics",
+            get(|| async { sluice_telemetry::registry::render_prometheus() }),
+        )
+        .route("/healthz", get(|| async { "ok\n" }))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+        .expect("SIGTERM handler");
+    tokio::select! {
+        _ = ctrl_c => {}
+        _ = term.recv() => {}
+    }
+    tracing::info!("shutting down: finishing requests in flight");
+}
+
+/// Runs the pipeline until SIGTERM or Ctrl-C, then drains and returns.
+pub async fn up(options: UpOptions) -> anyhow::Result<()> {
+    let config = options.config;
+    let BackendConfig::Local {
+        data_dir,
+        retention_hours,
+    } = &config.backend;
+    let data_dir = options
+        .data_dir
+        .or_else(|| data_dir.clone())
+        .unwrap_or_else(|| PathBuf::from("sluice-data"));
+    let listen = options.listen.unwrap_or(config.collector.listen);
+    let tokens = read_tokens(&config)?;
+    if tokens.is_empty() && !listen.ip().is_loopback() {
+        bail!(
+            "refusing to listen on {listen} without authentication: set collector.tokens_env to a variable holding bearer tokens, or listen on 127.0.0.1"
+        );
+    }
+
+    let backend = LocalBackend::open(
+        &data_dir,
+        LocalStreamOptions {
+            retention_hours: *retention_hours,
+            ..LocalStreamOptions::default()
+        },
+    )?;
+    let _housekeeping = backend.spawn_housekeeping(Duration::from_secs(60));
+    let streams: Arc<dyn StreamBackend> = backend.streams.clone();
+    let table: Arc<dyn TableBackend> = backend.table.clone();
+    ensure_streams(streams.as_ref(), &config).await?;
+
+    let collector_producer = Producer::start(
+        streams.clone(),
+        &config.inbound,
+        ProducerConfig {
+            linger: Duration::from_millis(config.collector.linger_ms),
+            backoff: config.collector.retry.clone(),
+            ..ProducerConfig::default()
+        },
+    )
+    .await?;
+    let collector = Arc::new(Collector::new(
+        collector_producer.clone(),
+        IngestRules {
+            max_event_bytes: config.collector.max_event_bytes,
+            max_events: config.collector.max_events_per_request,
+            partition_key_header: config.collector.partition_key_header.clone(),
+            source: config.collector.source.clone(),
+        },
+        config.collector.queue_events,
+        tokens,
+    ));
+
+    let rules = Arc::new(config.rules());
+    let mut producers = Vec::new();
+    for name in rules.streams() {
+        let producer_config = ProducerConfig {
+            backoff: config.router.retry.clone(),
+            ..ProducerConfig::default()
+        };
+        producers.push(Producer::start(streams.clone(), name, producer_config).await?);
+    }
+    let deliver = Arc::new(RouteAndDeliver {
+        rules,
+        options: RouterOptions {
+            source_stream: config.inbound.clone(),
+            max_record_bytes: config.router.max_record_bytes,
+        },
+        producers: producers.clone(),
+    });
+    let worker = RouterWorker {
+        streams: streams.clone(),
+        table,
+        deliver,
+        settings: Arc::new(WorkerSettings {
+            inbound: config.inbound.clone(),
+            checkpoint_table: config.router.checkpoint_table.clone(),
+            batch_records: config.router.batch_records,
+            idle_poll: Duration::from_millis(config.router.idle_poll_ms),
+            backoff: config.router.retry.clone(),
+        }),
+    };
+    let (stop_router, router_stopped) = watch::channel(false);
+    let router = tokio::spawn(worker.run(router_stopped));
+
+    let app = http_routes(collector, streams.clone(), config.collector.max_body_bytes);
+    let listener = tokio::net::TcpListener::bind(listen)
+        .await
+        .with_context(|| format!("listening on {listen}"))?;
+    let address = listener.local_addr()?;
+    println!("sluice is up: listening on http://{address}");
+    println!("  data in {}", data_dir.display());
+    println!("  send events:  curl -H 'content-type: application/json' -d '{{\"type\":\"page_view\",\"payload\":{{}}}}' http://{address}/v1/events");
+    println!("  read streams: curl http://{address}/v1/streams");
+    axum::serve(listener, app)
+        .with_graceful_shutdown(shutdown_signal())
+        .await?;
+
+    // Requests in flight have had their answers; now drain the rest.
+    collector_producer.close().await;
+    let _ = stop_router.send(true);
+    match router.await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::error!(error = %e, "router stopped with an error"),
+        Err(e) => tracing::error!(error = %e, "router task failed"),
+    }
+    for producer in producers {
+        producer.close().await;
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
