@@ -1,0 +1,543 @@
+//! End to end, through a real `sluice up` process and real HTTP: events in,
+//! routed streams out; bad input answered with reasons; kill -9 while
+//! events are posted loses nothing that was acknowledged.
+
+use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+use sluice_core::envelope::{decode, HeaderValue};
+
+const CONFIG: &str = r#"
+inbound = "inbound"
+[streams]
+inbound_shards = 3
+output_shards = 2
+[collector]
+max_event_bytes = 4096
+max_body_bytes = 200000
+tokens_env = "E2E_TOKENS"
+
+[[routes]]
+name = "transactions"
+match = { type = ["purchase", "refund"] }
+to = ["transactions"]
+continue = true
+
+[[routes]]
+name = "big"
+match = { type = ["purchase"], amount = [{ numeric = [">=", 500] }] }
+to = ["big-spenders"]
+
+[[routes]]
+name = "clicks"
+match = { type = [{ prefix = "page_" }, "click"] }
+to = ["clickstream"]
+
+[[routes]]
+name = "cart"
+match = { type = ["add_to_cart"] }
+to = ["clickstream", "cart"]
+
+[unmatched]
+to = "unrouted"
+"#;
+
+const TOKEN: &str = "e2e-secret-token";
+
+struct Sluice {
+    child: Child,
+    url: String,
+}
+
+impl Sluice {
+    fn start(dir: &Path) -> Self {
+        let config = dir.join("sluice.toml");
+        std::fs::write(&config, CONFIG).unwrap();
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(dir.join("sluice.log"))
+            .unwrap();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .arg("up")
+            .arg("--config")
+            .arg(&config)
+            .arg("--data-dir")
+            .arg(dir.join("data"))
+            .args(["--listen", "127.0.0.1:0"])
+            .env("E2E_TOKENS", format!("other-token,{TOKEN}"))
+            .stdout(Stdio::piped())
+            .stderr(log)
+            .spawn()
+            .expect("start sluice");
+        let stdout = child.stdout.take().unwrap();
+        let mut lines = BufReader::new(stdout).lines();
+        let url = loop {
+            let line = lines
+                .next()
+                .unwrap_or_else(|| {
+                    panic!(
+                        "sluice exited before listening; see {}",
+                        dir.join("sluice.log").display()
+                    )
+                })
+                .unwrap();
+            if let Some(rest) = line.split("listening on ").nth(1) {
+                break rest.trim().to_owned();
+            }
+        };
+        // Keep draining stdout so the process never blocks on it.
+        std::thread::spawn(move || for _ in lines {});
+        Self { child, url }
+    }
+
+    fn kill_9(&mut self) {
+        self.child.kill().unwrap();
+        self.child.wait().unwrap();
+    }
+}
+
+impl Drop for Sluice {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(30))
+        .build()
+        .unwrap()
+}
+
+async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> (u16, Value) {
+    let response = client()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", content_type)
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = response.status().as_u16();
+    let text = response.text().await.unwrap();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+/// Every record of a stream, following the cursor.
+async fn read_stream(url: &str, stream: &str) -> Vec<Vec<u8>> {
+    let mut records = Vec::new();
+    let mut cursor: Option<String> = None;
+    loop {
+        let mut request = client()
+            .get(format!("{url}/v1/streams/{stream}/records"))
+            .query(&[("limit", "100000")]);
+        if let Some(c) = &cursor {
+            request = request.query(&[("cursor", c)]);
+        }
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200, "reading {stream}");
+        let more = response.headers()["sluice-more"] == "true";
+        cursor = Some(
+            response.headers()["sluice-cursor"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        let body = response.bytes().await.unwrap();
+        records.extend(
+            body.split(|b| *b == b'\n')
+                .filter(|l| !l.is_empty())
+                .map(<[u8]>::to_vec),
+        );
+        if !more {
+            return records;
+        }
+    }
+}
+
+fn event_id(record: &[u8]) -> String {
+    match decode(record).unwrap().headers.get("event_id") {
+        Some(HeaderValue::Str(id)) => id.to_string(),
+        other => panic!("no event_id: {other:?}"),
+    }
+}
+
+/// Waits until `ready` holds, polling; fails with `what` after `limit`.
+async fn wait_for<F, Fut>(limit: Duration, what: &str, mut ready: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<(), String>>,
+{
+    let start = Instant::now();
+    loop {
+        match ready().await {
+            Ok(()) => return,
+            Err(state) if start.elapsed() > limit => {
+                panic!("timed out waiting for {what}: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+}
+
+fn expected_streams(kind: &str, amount: f64) -> Vec<&'static str> {
+    match kind {
+        "purchase" if amount >= 500.0 => vec!["transactions", "big-spenders"],
+        "purchase" | "refund" => vec!["transactions"],
+        "page_view" | "click" => vec!["clickstream"],
+        "add_to_cart" => vec!["clickstream", "cart"],
+        _ => vec!["unrouted"],
+    }
+}
+
+const STREAMS: [&str; 5] = [
+    "transactions",
+    "big-spenders",
+    "clickstream",
+    "cart",
+    "unrouted",
+];
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start(dir.path());
+    let url = sluice.url.clone();
+
+    // A mix of types; payloads with odd spacing and escapes must pass byte for byte.
+    let kinds = [
+        "purchase",
+        "refund",
+        "page_view",
+        "click",
+        "add_to_cart",
+        "heartbeat",
+        "signup",
+    ];
+    let mut sent: BTreeMap<String, (Vec<&str>, String)> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for i in 0..700 {
+        let kind = kinds[i % kinds.len()];
+        let amount = (i * 37 % 1000) as f64;
+        let id = format!("e2e-{i}");
+        let payload =
+            format!(r#"{{ "n" : {i},"text":"caf\u00e9 \"{i}\"",  "list":[1, 2.50 ,{{}}] }}"#);
+        lines.push(format!(
+            r#"{{"type":"{kind}","event_id":"{id}","partition_key":"user-{}","headers":{{"amount":{amount},"region":"eu"}},"payload":{payload}}}"#,
+            i % 50
+        ));
+        sent.insert(id, (expected_streams(kind, amount), payload));
+    }
+    // As NDJSON, as a JSON array, and as single JSON objects.
+    let (status, body) = post(&url, "application/x-ndjson", lines[..400].join("\n")).await;
+    assert_eq!(
+        (status, &body),
+        (202, &serde_json::json!({"accepted": 400}))
+    );
+    let (status, body) = post(
+        &url,
+        "application/json",
+        format!("[{}]", lines[400..690].join(",")),
+    )
+    .await;
+    assert_eq!(
+        (status, &body),
+        (202, &serde_json::json!({"accepted": 290}))
+    );
+    for line in &lines[690..] {
+        let (status, _) = post(&url, "application/json; charset=utf-8", line.clone()).await;
+        assert_eq!(status, 202);
+    }
+
+    // Bad input: each answered with a reason, nothing written.
+    let oversize = format!(r#"{{"type":"click","payload":"{}"}}"#, "x".repeat(5000));
+    let bad_body = format!("{{\"type\":\"click\"}}\n{{not json\n{{\"payload\":1}}\n{oversize}");
+    let (status, body) = post(&url, "application/x-ndjson", bad_body).await;
+    assert_eq!(status, 400);
+    let reasons: Vec<(u64, u64, String)> = body["rejected"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            (
+                r["index"].as_u64().unwrap(),
+                r["status"].as_u64().unwrap(),
+                r["reason"].as_str().unwrap().to_owned(),
+            )
+        })
+        .collect();
+    assert_eq!(reasons.len(), 3, "{body}");
+    assert_eq!((reasons[0].0, reasons[0].1), (1, 400));
+    assert!(reasons[0].2.contains("not valid JSON"), "{reasons:?}");
+    assert_eq!((reasons[1].0, reasons[1].1), (2, 400));
+    assert!(reasons[1].2.contains("missing `type`"), "{reasons:?}");
+    assert_eq!((reasons[2].0, reasons[2].1), (3, 413));
+    let (status, body) = post(&url, "application/json", oversize.clone()).await;
+    assert_eq!(status, 413, "{body}");
+    let (status, body) = post(&url, "text/plain", "{\"type\":\"click\"}").await;
+    assert_eq!(status, 415, "{body}");
+    assert!(body["error"]
+        .as_str()
+        .unwrap()
+        .contains("application/x-ndjson"));
+    let (status, _) = post(&url, "application/json", vec![b'['; 300_000]).await;
+    assert_eq!(status, 413, "a body over max_body_bytes");
+    let (status, body) = post(&url, "application/json", b"\xff\xfe{".to_vec()).await;
+    assert_eq!(status, 400, "{body}");
+    let unauthenticated = client()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body("{\"type\":\"click\"}")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(unauthenticated.status(), 401);
+
+    // Every accepted event lands in exactly the streams its rules name.
+    wait_for(Duration::from_secs(60), "routing to finish", || {
+        let url = url.clone();
+        let sent = sent.clone();
+        async move {
+            let mut routed = 0;
+            for stream in STREAMS {
+                routed += read_stream(&url, stream).await.len();
+            }
+            let expected: usize = sent.values().map(|(streams, _)| streams.len()).sum();
+            if routed >= expected {
+                Ok(())
+            } else {
+                Err(format!("{routed} of {expected} routed"))
+            }
+        }
+    })
+    .await;
+    let inbound = read_stream(&url, "inbound").await;
+    assert_eq!(
+        inbound.len(),
+        sent.len(),
+        "rejected events were not written"
+    );
+    for stream in STREAMS {
+        let records = read_stream(&url, stream).await;
+        let ids: Vec<String> = records.iter().map(|r| event_id(r)).collect();
+        let unique: BTreeSet<&String> = ids.iter().collect();
+        assert_eq!(unique.len(), ids.len(), "{stream} holds each event once");
+        let expected: BTreeSet<&String> = sent
+            .iter()
+            .filter(|(_, (s, _))| s.contains(&stream))
+            .map(|(id, _)| id)
+            .collect();
+        assert_eq!(
+            unique, expected,
+            "{stream} holds exactly the events routed to it"
+        );
+        for record in &records {
+            let envelope = decode(record).unwrap();
+            let id = event_id(record);
+            assert_eq!(
+                envelope.payload.unwrap(),
+                sent[&id].1.as_bytes(),
+                "payload of {id} is byte-identical"
+            );
+        }
+    }
+    let dead = read_stream(&url, "dead-letter").await;
+    assert!(dead.is_empty());
+
+    // The read API: streams listed with counts, bad queries refused.
+    let streams: Value = serde_json::from_str(
+        &client()
+            .get(format!("{url}/v1/streams"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    let inbound_info = streams
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|s| s["name"] == "inbound")
+        .unwrap();
+    assert_eq!(inbound_info["record_count"], 700);
+    assert_eq!(inbound_info["open_shards"], 3);
+    for (query, status) in [
+        ("from=yesterday", 400),
+        ("limit=100001", 400),
+        ("limit=0", 400),
+        ("cursor=%%%", 400),
+    ] {
+        let r = client()
+            .get(format!("{url}/v1/streams/inbound/records?{query}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status().as_u16(), status, "{query}");
+    }
+    let r = client()
+        .get(format!("{url}/v1/streams/nope/records"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let r = client()
+        .get(format!("{url}/v1/streams/inbound/records?from=latest"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["sluice-count"], "0");
+    let page = client()
+        .get(format!("{url}/v1/streams/inbound/records?limit=300"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(page.headers()["sluice-more"], "true");
+    let cursor = page.headers()["sluice-cursor"].to_str().unwrap().to_owned();
+    let first: Vec<String> = page
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| event_id(l.as_bytes()))
+        .collect();
+    let rest = client()
+        .get(format!(
+            "{url}/v1/streams/inbound/records?limit=1000&cursor={cursor}"
+        ))
+        .send()
+        .await
+        .unwrap();
+    let second: Vec<String> = rest
+        .text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| event_id(l.as_bytes()))
+        .collect();
+    assert_eq!(first.len() + second.len(), 700);
+    let all: HashSet<&String> = first.iter().chain(&second).collect();
+    assert_eq!(
+        all.len(),
+        700,
+        "the cursor continues without gaps or repeats"
+    );
+    let metrics = client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    assert!(
+        metrics.contains("sluice_collector_events_accepted_total 700"),
+        "{metrics}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_while_posting_loses_no_acknowledged_event() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut sluice = Sluice::start(dir.path());
+    let url = sluice.url.clone();
+    let acked: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+    let mut posters = Vec::new();
+    for poster in 0..4 {
+        let (url, acked) = (url.clone(), acked.clone());
+        posters.push(tokio::spawn(async move {
+            for batch in 0.. {
+                let events: Vec<(String, &'static str)> = (0..50)
+                    .map(|i| (format!("p{poster}-b{batch}-{i}"), ["purchase", "click", "heartbeat"][i % 3]))
+                    .collect();
+                let body: Vec<String> = events
+                    .iter()
+                    .map(|(id, kind)| format!(r#"{{"type":"{kind}","event_id":"{id}","partition_key":"u{}","payload":{{"x":1}}}}"#, id.len()))
+                    .collect();
+                let response = client()
+                    .post(format!("{url}/v1/events"))
+                    .bearer_auth(TOKEN)
+                    .header("content-type", "application/x-ndjson")
+                    .body(body.join("\n"))
+                    .send()
+                    .await;
+                match response {
+                    Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(events),
+                    _ => return, // the process is gone
+                }
+            }
+        }));
+    }
+    wait_for(Duration::from_secs(60), "events to be acknowledged", || {
+        let n = acked.lock().unwrap().len();
+        async move {
+            if n >= 3000 {
+                Ok(())
+            } else {
+                Err(format!("{n} acknowledged"))
+            }
+        }
+    })
+    .await;
+    sluice.kill_9();
+    for poster in posters {
+        poster.await.unwrap();
+    }
+    let acked: Vec<(String, &str)> = acked.lock().unwrap().clone();
+
+    let sluice = Sluice::start(dir.path());
+    let url = sluice.url.clone();
+    let routed_to = |kind: &str| match kind {
+        "purchase" => "transactions",
+        "click" => "clickstream",
+        _ => "unrouted",
+    };
+    wait_for(
+        Duration::from_secs(60),
+        "every acknowledged event to be routed",
+        || {
+            let (url, acked) = (url.clone(), acked.clone());
+            async move {
+                let mut missing = 0;
+                for stream in ["transactions", "clickstream", "unrouted"] {
+                    let present: HashSet<String> = read_stream(&url, stream)
+                        .await
+                        .iter()
+                        .map(|r| event_id(r))
+                        .collect();
+                    missing += acked
+                        .iter()
+                        .filter(|(id, kind)| routed_to(kind) == stream && !present.contains(id))
+                        .count();
+                }
+                if missing == 0 {
+                    Ok(())
+                } else {
+                    Err(format!("{missing} acknowledged events not routed yet"))
+                }
+            }
+        },
+    )
+    .await;
+    let inbound: HashSet<String> = read_stream(&url, "inbound")
+        .await
+        .iter()
+        .map(|r| event_id(r))
+        .collect();
+    assert!(
+        acked.iter().all(|(id, _)| inbound.contains(id)),
+        "every acknowledged event is in the inbound stream"
+    );
+}
