@@ -221,6 +221,11 @@ impl LocalStreams {
     /// Deletes sealed segments whose records are all past retention. Returns
     /// how many segments went.
     pub fn enforce_retention(&self) -> Result<usize, StreamError> {
+        self.enforce_retention_at(now_ms())
+    }
+
+    /// [`Self::enforce_retention`] as if the time were `now_ms`.
+    pub fn enforce_retention_at(&self, now_ms: i64) -> Result<usize, StreamError> {
         let streams: Vec<_> = self
             .streams
             .read()
@@ -230,7 +235,7 @@ impl LocalStreams {
             .collect();
         let mut removed = 0;
         for stream in streams {
-            removed += stream.shared.trim(now_ms())?;
+            removed += stream.shared.trim(now_ms)?;
         }
         Ok(removed)
     }
