@@ -107,26 +107,43 @@ pub struct Envelope<'a> {
 }
 
 /// Reads the headers of an envelope. When `headers` is the first key only the
-/// headers are parsed and the payload is not looked at; otherwise the whole
-/// record is parsed.
+/// headers are parsed: the payload is not read, not even its last byte, so
+/// the cost does not depend on its size. Otherwise the whole record is parsed.
 pub fn decode_headers(data: &[u8]) -> Result<Headers<'_>, EnvelopeError> {
     match fast_path(data) {
-        Some(result) => result.map(|envelope| envelope.headers),
+        Some(result) => result.map(|(headers, _)| headers),
         None => slow_path(data).map(|envelope| envelope.headers),
     }
 }
 
 /// Decodes a whole envelope, checking the payload is one JSON value.
 pub fn decode(data: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    let envelope = match fast_path(data) {
+    let (headers, rest) = match fast_path(data) {
         Some(result) => result?,
         None => return slow_path(data),
     };
-    if let Some(payload) = envelope.payload {
-        serde_json::from_slice::<&RawValue>(payload)
-            .map_err(|e| EnvelopeError::Invalid(format!("payload: {e}")))?;
+    let Some(end) = trailing_brace(data) else {
+        return slow_path(data);
+    };
+    match rest {
+        Rest::End(at) if at == end => Ok(Envelope {
+            headers,
+            payload: None,
+        }),
+        Rest::End(_) => slow_path(data),
+        Rest::Payload(start) => {
+            if start >= end {
+                return Err(EnvelopeError::Invalid("empty payload".into()));
+            }
+            let payload = trim_end(&data[start..end]);
+            serde_json::from_slice::<&RawValue>(payload)
+                .map_err(|e| EnvelopeError::Invalid(format!("payload: {e}")))?;
+            Ok(Envelope {
+                headers,
+                payload: Some(payload),
+            })
+        }
     }
-    Ok(envelope)
 }
 
 /// Writes an envelope: headers first, then the payload bytes unchanged. The
@@ -168,8 +185,16 @@ fn expect(data: &[u8], pos: usize, literal: &[u8]) -> Option<usize> {
         .map(|_| pos + literal.len())
 }
 
+/// What follows the headers on the fast path.
+enum Rest {
+    /// The closing brace of the envelope is at this position.
+    End(usize),
+    /// The payload starts at this position.
+    Payload(usize),
+}
+
 /// The header-only path. `None` means "headers are not first": take the slow path.
-fn fast_path(data: &[u8]) -> Option<Result<Envelope<'_>, EnvelopeError>> {
+fn fast_path(data: &[u8]) -> Option<Result<(Headers<'_>, Rest), EnvelopeError>> {
     let pos = skip_ws(data, 0);
     let pos = expect(data, pos, b"{")?;
     let pos = skip_ws(data, pos);
@@ -190,25 +215,14 @@ fn fast_path(data: &[u8]) -> Option<Result<Envelope<'_>, EnvelopeError>> {
         None => return Some(Err(EnvelopeError::NotJson("unexpected end".into()))),
     };
     let after = skip_ws(data, pos + stream.byte_offset());
-    let end = trailing_brace(data)?;
     match data.get(after) {
-        Some(b'}') if after == end => Some(Ok(Envelope {
-            headers,
-            payload: None,
-        })),
+        Some(b'}') => Some(Ok((headers, Rest::End(after)))),
         Some(b',') => {
             let pos = skip_ws(data, after + 1);
             let pos = expect(data, pos, b"\"payload\"")?;
             let pos = skip_ws(data, pos);
             let pos = expect(data, pos, b":")?;
-            let start = skip_ws(data, pos);
-            if start >= end {
-                return Some(Err(EnvelopeError::Invalid("empty payload".into())));
-            }
-            Some(Ok(Envelope {
-                headers,
-                payload: Some(trim_end(&data[start..end])),
-            }))
+            Some(Ok((headers, Rest::Payload(skip_ws(data, pos)))))
         }
         _ => None,
     }
@@ -336,7 +350,12 @@ impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
                     let value = map
                         .next_value::<HeaderValue>()
                         .map_err(|e| de::Error::custom(format!("header {name:?}: {e}")))?;
-                    if entries.iter().any(|(key, _)| *key == name) {
+                    let duplicate = entries.iter().any(|(key, _)| {
+                        key.len() == name.len()
+                            && key.as_bytes().first() == name.as_bytes().first()
+                            && *key == name
+                    });
+                    if duplicate {
                         return Err(de::Error::custom(format!("header {name:?} appears twice")));
                     }
                     entries.push((name, value));
@@ -377,15 +396,18 @@ mod tests {
 
     #[test]
     fn header_only_path_does_not_read_the_payload() {
-        // A broken payload is not seen by the header-only path...
-        let data = br#"{"headers":{"type":"click"},"payload":{not json at all}"#;
+        // A broken payload, even a missing closing brace, is not seen by the
+        // header-only path...
+        let data = br#"{"headers":{"type":"click"},"payload":{not json at all"#;
         let headers = decode_headers(data).unwrap();
         assert_eq!(
             headers.get("type").and_then(HeaderValue::as_str),
             Some("click")
         );
         // ...but a full decode rejects it.
-        assert_eq!(decode(data).unwrap_err().code(), "not_an_envelope");
+        assert!(decode(data).is_err());
+        let closed = br#"{"headers":{"type":"click"},"payload":{not json at all}}"#;
+        assert_eq!(decode(closed).unwrap_err().code(), "not_an_envelope");
     }
 
     #[test]
@@ -409,7 +431,7 @@ mod tests {
 
     #[test]
     fn typed_errors_for_records_that_are_not_envelopes() {
-        let cases: [(&[u8], &str); 9] = [
+        let cases: [(&[u8], &str); 10] = [
             (b"not json", "not_json"),
             (b"", "not_json"),
             (b"[1,2]", "not_an_object"),
@@ -417,6 +439,7 @@ mod tests {
             (b"{\"headers\":[1]}", "bad_headers"),
             (b"{\"headers\":{\"a\":{\"nested\":1}}}", "bad_headers"),
             (b"{\"headers\":{\"a\":1,\"a\":2}}", "bad_headers"),
+            (b"{\"headers\":{\"\":1,\"\":2}}", "bad_headers"),
             (b"{\"headers\":{\"a\":null}}", "bad_headers"),
             (b"{\"headers\":{},\"extra\":1}", "not_an_envelope"),
         ];

@@ -122,12 +122,25 @@ pub enum Decision {
     Unmatched,
 }
 
+/// A name's length and first seven bytes in one word: equal names have
+/// equal fingerprints, and most different names do not.
+fn fingerprint(name: &str) -> u64 {
+    let bytes = name.as_bytes();
+    let mut print = (bytes.len().min(255) as u64) << 56;
+    for (i, b) in bytes.iter().take(7).enumerate() {
+        print |= u64::from(*b) << (i * 8);
+    }
+    print
+}
+
 /// Routes compiled for matching: header names interned, stream names
 /// numbered, so matching a record does no allocation.
 #[derive(Clone, Debug)]
 pub struct RuleSet {
     routes: Vec<CompiledRoute>,
     names: Vec<String>,
+    /// [`fingerprint`] of each name, to skip most string comparisons.
+    fingerprints: Vec<u64>,
     streams: Vec<String>,
     unmatched: usize,
     dead_letter: usize,
@@ -202,6 +215,7 @@ impl RuleSet {
         let dead_letter = stream_index(&dead_letter.to);
         Self {
             routes: compiled,
+            fingerprints: names.iter().map(|n| fingerprint(n)).collect(),
             names,
             streams,
             unmatched,
@@ -240,7 +254,13 @@ impl RuleSet {
         let mut slots: [Option<&HeaderValue>; 32] = [None; 32];
         let slots: &[Option<&HeaderValue>] = if self.names.len() <= slots.len() {
             for (name, value) in headers.iter() {
-                if let Some(i) = self.names.iter().position(|n| n == name) {
+                let print = fingerprint(name);
+                let found = self
+                    .fingerprints
+                    .iter()
+                    .zip(&self.names)
+                    .position(|(p, n)| *p == print && n == name);
+                if let Some(i) = found {
                     slots[i] = Some(value);
                 }
             }
