@@ -27,6 +27,9 @@ pub struct Faults {
     pub delay_rate: f64,
     pub max_delay: Duration,
     pub seed: u64,
+    /// When set, every PutRecords call first takes a permit from this
+    /// semaphore: a test holds writes back, then releases them.
+    pub stall: Option<Arc<tokio::sync::Semaphore>>,
 }
 
 /// A stream backend that misbehaves as told.
@@ -78,6 +81,13 @@ impl StreamBackend for FaultyStreams {
         name: &str,
         records: Vec<PutRecord>,
     ) -> Result<Vec<PutResult>, StreamError> {
+        if let Some(stall) = &self.faults.stall {
+            stall
+                .acquire()
+                .await
+                .map_err(|_| StreamError::Unavailable("stalled".into()))?
+                .forget();
+        }
         self.maybe_delay().await;
         if self.roll(self.faults.call_failure_rate) {
             return Err(StreamError::Unavailable("injected call failure".into()));

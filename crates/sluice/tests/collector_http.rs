@@ -1,0 +1,125 @@
+//! The collector over real HTTP, in process, with a stream whose writes a
+//! test holds back: a full queue answers 503 with Retry-After, and requests
+//! waiting for the stream get their 202 once it acknowledges.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use tokio::sync::Semaphore;
+
+use sluice::collector::ingest::IngestRules;
+use sluice::collector::Collector;
+use sluice_backends::fault::{Faults, FaultyStreams};
+use sluice_backends::local::{LocalStreamOptions, LocalStreams};
+use sluice_client::{Producer, ProducerConfig};
+use sluice_core::StreamBackend;
+
+async fn serve(
+    streams: Arc<dyn StreamBackend>,
+    queue_events: usize,
+    tokens: Vec<String>,
+) -> (String, Arc<Collector>) {
+    let producer = Producer::start(streams.clone(), "inbound", ProducerConfig::default())
+        .await
+        .unwrap();
+    let rules = IngestRules {
+        max_event_bytes: 4096,
+        max_events: 10,
+        partition_key_header: None,
+        source: "web".into(),
+    };
+    let collector = Arc::new(Collector::new(producer, rules, queue_events, tokens));
+    let app = sluice::server::http_routes(collector.clone(), streams, 1 << 20);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (url, collector)
+}
+
+fn events(n: usize) -> String {
+    (0..n)
+        .map(|i| format!("{{\"type\":\"click\",\"partition_key\":\"u{i}\"}}\n"))
+        .collect()
+}
+
+async fn post(url: &str, body: String, token: Option<&str>) -> reqwest::Response {
+    let mut request = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/x-ndjson")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_full_queue_answers_503_and_waiting_requests_complete() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("inbound", 1).await.unwrap();
+    let gate = Arc::new(Semaphore::new(0));
+    let held: Arc<dyn StreamBackend> = Arc::new(FaultyStreams::new(
+        local.clone(),
+        Faults {
+            stall: Some(gate.clone()),
+            ..Faults::default()
+        },
+    ));
+    let (url, collector) = serve(held, 10, Vec::new()).await;
+
+    // Ten events fill the queue while the stream holds their write back.
+    let first = tokio::spawn({
+        let url = url.clone();
+        async move { post(&url, events(10), None).await }
+    });
+    let start = Instant::now();
+    while collector.queue.available_permits() > 0 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "the first request never reached the queue"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    let refused = post(&url, events(1), None).await;
+    assert_eq!(refused.status(), 503);
+    assert_eq!(refused.headers()["retry-after"], "1");
+    assert!(refused.text().await.unwrap().contains("queue is full"));
+
+    // Release the stream: the waiting request is acknowledged, and there is room again.
+    gate.add_permits(1000);
+    let first = first.await.unwrap();
+    assert_eq!(first.status(), 202);
+    assert_eq!(first.text().await.unwrap(), r#"{"accepted":10}"#);
+    assert_eq!(post(&url, events(1), None).await.status(), 202);
+    assert_eq!(
+        local.describe_stream("inbound").await.unwrap().record_count,
+        Some(11)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writers_need_a_valid_token_when_tokens_are_set() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("inbound", 1).await.unwrap();
+    let (url, _) = serve(local.clone(), 100, vec!["s3cret".into()]).await;
+    let missing = post(&url, events(1), None).await;
+    assert_eq!(missing.status(), 401);
+    assert_eq!(missing.headers()["www-authenticate"], "Bearer");
+    assert_eq!(post(&url, events(1), Some("s3cre")).await.status(), 401);
+    assert_eq!(post(&url, events(1), Some("s3cret")).await.status(), 202);
+    let too_many = post(&url, events(11), Some("s3cret")).await;
+    assert_eq!(too_many.status(), 413);
+    assert!(too_many
+        .text()
+        .await
+        .unwrap()
+        .contains("11 events in one request; the limit is 10"));
+    assert_eq!(
+        local.describe_stream("inbound").await.unwrap().record_count,
+        Some(1)
+    );
+}
