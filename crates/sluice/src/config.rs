@@ -127,7 +127,9 @@ pub struct CollectorConfig {
     /// The `source` header set when an event's headers have none (default "web").
     #[serde(default = "default_source")]
     pub source: String,
-    /// How long a shard's batch waits to fill, in milliseconds (default 5).
+    /// How long a part-full batch waits to fill, in milliseconds (default 0: a
+    /// shard sends as soon as its previous call returned, and records that
+    /// arrive meanwhile fill the next call).
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
     /// Retry timing for PutRecords.
@@ -158,7 +160,7 @@ fn default_source() -> String {
     "web".into()
 }
 fn default_linger_ms() -> u64 {
-    5
+    0
 }
 
 impl Default for CollectorConfig {

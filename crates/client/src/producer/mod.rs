@@ -39,7 +39,7 @@ pub struct ProducerConfig {
 impl Default for ProducerConfig {
     fn default() -> Self {
         Self {
-            linger: Duration::from_millis(5),
+            linger: Duration::ZERO,
             max_batch_records: MAX_RECORDS_PER_PUT,
             max_batch_bytes: MAX_BYTES_PER_PUT,
             backoff: Backoff::default(),

@@ -364,7 +364,7 @@ pub fn normalize_ts(text: &str) -> Option<String> {
 }
 
 pub fn format_ts(at: chrono::DateTime<chrono::Utc>) -> String {
-    at.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string()
+    at.to_rfc3339_opts(chrono::SecondsFormat::Millis, true)
 }
 
 #[cfg(test)]
