@@ -87,6 +87,7 @@ pub async fn tail(
     from: &str,
     limit: Option<usize>,
     follow: bool,
+    token: Option<&str>,
 ) -> anyhow::Result<()> {
     let client = reqwest::Client::new();
     let endpoint = format!("{}/v1/streams/{stream}/records", url.trim_end_matches('/'));
@@ -96,6 +97,9 @@ pub async fn tail(
     loop {
         let page = limit.map_or(10_000, |l| (l - printed).clamp(1, 10_000));
         let mut request = client.get(&endpoint).query(&[("limit", page.to_string())]);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
         request = match &cursor {
             Some(c) => request.query(&[("cursor", c)]),
             None => request.query(&[("from", from)]),

@@ -4,6 +4,7 @@
 //! calls into here.
 
 pub mod api;
+pub mod auth;
 pub mod cli;
 pub mod collector;
 pub mod config;

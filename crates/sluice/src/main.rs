@@ -64,6 +64,9 @@ enum Command {
         follow: bool,
         #[arg(long, default_value = "http://127.0.0.1:8080")]
         url: String,
+        /// Bearer token for a Sluice that requires one.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -144,8 +147,9 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             limit,
             follow,
             url,
+            token,
         } => {
-            sluice::cli::tail(&url, &stream, &from, limit, follow).await?;
+            sluice::cli::tail(&url, &stream, &from, limit, follow, token.as_deref()).await?;
         }
         Command::CheckConfig { config } => {
             let path = find_config(config);

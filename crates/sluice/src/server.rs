@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{bail, Context};
 use axum::extract::DefaultBodyLimit;
+use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
@@ -17,6 +18,7 @@ use sluice_client::{Producer, ProducerConfig};
 use sluice_core::router::RouterOptions;
 use sluice_core::{StreamBackend, StreamError, TableBackend};
 
+use crate::auth::{require_token, Tokens};
 use crate::collector::{ingest::IngestRules, post_events, Collector};
 use crate::config::{BackendConfig, Config};
 use crate::router::worker::{RouterWorker, WorkerSettings};
@@ -68,10 +70,12 @@ fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(tokens)
 }
 
-/// The HTTP routes: collector, read API, metrics, health.
+/// The HTTP routes: collector and read API (behind the token check when
+/// tokens are set), metrics, health.
 pub fn http_routes(
     collector: Arc<Collector>,
     streams: Arc<dyn StreamBackend>,
+    tokens: Tokens,
     max_body_bytes: usize,
 ) -> Router {
     let collector_routes = Router::new()
@@ -84,6 +88,7 @@ pub fn http_routes(
         .with_state(streams);
     collector_routes
         .merge(api_routes)
+        .route_layer(middleware::from_fn_with_state(tokens, require_token))
         .route(
             "/metrics",
             get(|| async { sluice_telemetry::registry::render_prometheus() }),
@@ -114,7 +119,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         .or_else(|| data_dir.clone())
         .unwrap_or_else(|| PathBuf::from("sluice-data"));
     let listen = options.listen.unwrap_or(config.collector.listen);
-    let tokens = read_tokens(&config)?;
+    let tokens = Tokens::new(read_tokens(&config)?);
     if tokens.is_empty() && !listen.ip().is_loopback() {
         bail!(
             "refusing to listen on {listen} without authentication: set collector.tokens_env to a variable holding bearer tokens, or listen on 127.0.0.1"
@@ -152,7 +157,6 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             source: config.collector.source.clone(),
         },
         config.collector.queue_events,
-        tokens,
     ));
 
     let rules = Arc::new(config.rules());
@@ -187,7 +191,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let (stop_router, router_stopped) = watch::channel(false);
     let router = tokio::spawn(worker.run(router_stopped));
 
-    let app = http_routes(collector, streams.clone(), config.collector.max_body_bytes);
+    let app = http_routes(
+        collector,
+        streams.clone(),
+        tokens,
+        config.collector.max_body_bytes,
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;

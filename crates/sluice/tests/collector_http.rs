@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::Semaphore;
 
+use sluice::auth::Tokens;
 use sluice::collector::ingest::IngestRules;
 use sluice::collector::Collector;
 use sluice_backends::fault::{Faults, FaultyStreams};
@@ -28,8 +29,8 @@ async fn serve(
         partition_key_header: None,
         source: "web".into(),
     };
-    let collector = Arc::new(Collector::new(producer, rules, queue_events, tokens));
-    let app = sluice::server::http_routes(collector.clone(), streams, 1 << 20);
+    let collector = Arc::new(Collector::new(producer, rules, queue_events));
+    let app = sluice::server::http_routes(collector.clone(), streams, Tokens::new(tokens), 1 << 20);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
@@ -121,5 +122,31 @@ async fn writers_need_a_valid_token_when_tokens_are_set() {
     assert_eq!(
         local.describe_stream("inbound").await.unwrap().record_count,
         Some(1)
+    );
+    // The read API is behind the same check; health and metrics are not.
+    let http = reqwest::Client::new();
+    assert_eq!(
+        http.get(format!("{url}/v1/streams"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        401
+    );
+    let read = http
+        .get(format!("{url}/v1/streams/inbound/records"))
+        .bearer_auth("s3cret")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(read.status(), 200);
+    assert_eq!(read.headers()["sluice-count"], "1");
+    assert_eq!(
+        http.get(format!("{url}/healthz"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
     );
 }

@@ -109,9 +109,13 @@ impl Drop for Sluice {
     }
 }
 
+/// An HTTP client that presents the token.
 fn client() -> reqwest::Client {
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert("authorization", format!("Bearer {TOKEN}").parse().unwrap());
     reqwest::Client::builder()
         .timeout(Duration::from_secs(30))
+        .default_headers(headers)
         .build()
         .unwrap()
 }
@@ -294,7 +298,7 @@ async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
     assert_eq!(status, 413, "a body over max_body_bytes");
     let (status, body) = post(&url, "application/json", b"\xff\xfe{".to_vec()).await;
     assert_eq!(status, 400, "{body}");
-    let unauthenticated = client()
+    let unauthenticated = reqwest::Client::new()
         .post(format!("{url}/v1/events"))
         .header("content-type", "application/json")
         .body("{\"type\":\"click\"}")
