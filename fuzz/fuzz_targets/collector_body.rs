@@ -4,7 +4,18 @@
 
 use bytes::Bytes;
 use libfuzzer_sys::fuzz_target;
-use sluice::collector::ingest::{ingest, BodyFormat, IngestRules, Ingested};
+use sluice::collector::ingest::{ingest, BodyFormat, Clock, IngestRules, Ingested};
+
+struct FixedClock;
+
+impl Clock for FixedClock {
+    fn now(&self) -> String {
+        "2026-11-28T00:00:00.000Z".to_owned()
+    }
+    fn new_id(&self) -> String {
+        "id".to_owned()
+    }
+}
 
 fuzz_target!(|data: &[u8]| {
     let rules = IngestRules {
@@ -13,9 +24,8 @@ fuzz_target!(|data: &[u8]| {
         partition_key_header: Some("session".into()),
         source: "web".into(),
     };
-    let now = || ("2026-11-28T00:00:00.000Z".to_owned(), "id".to_owned());
     for format in [BodyFormat::Json, BodyFormat::Ndjson] {
-        if let Ok(Ingested::Accepted(records)) = ingest(&Bytes::copy_from_slice(data), format, &rules, &now) {
+        if let Ok(Ingested::Accepted(records)) = ingest(&Bytes::copy_from_slice(data), format, &rules, &FixedClock) {
             for record in records {
                 sluice_core::envelope::decode(&record.data).expect("accepted events make envelopes");
                 assert!(record.data.len() <= 4096);

@@ -152,24 +152,65 @@ pub fn encode<'h, I>(headers: I, payload: Option<&[u8]>) -> Vec<u8>
 where
     I: IntoIterator<Item = (&'h str, &'h serde_json::Value)>,
 {
-    let mut out = Vec::with_capacity(64 + payload.map_or(0, <[u8]>::len));
-    out.extend_from_slice(b"{\"headers\":{");
-    for (i, (name, value)) in headers.into_iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
+    let mut builder = EnvelopeBuilder::with_capacity(64 + payload.map_or(0, <[u8]>::len));
+    for (name, value) in headers {
+        builder.header_value(name, value);
+    }
+    builder.finish(payload)
+}
+
+/// Writes an envelope header by header, without building a JSON tree.
+pub struct EnvelopeBuilder {
+    out: Vec<u8>,
+    empty: bool,
+}
+
+impl EnvelopeBuilder {
+    pub fn with_capacity(capacity: usize) -> Self {
+        let mut out = Vec::with_capacity(capacity.max(16));
+        out.extend_from_slice(b"{\"headers\":{");
+        Self { out, empty: true }
+    }
+
+    fn name(&mut self, name: &str) {
+        if !self.empty {
+            self.out.push(b',');
         }
-        // Writing a str or a JSON value into a Vec cannot fail.
-        serde_json::to_writer(&mut out, name).expect("write header name");
-        out.push(b':');
-        serde_json::to_writer(&mut out, value).expect("write header value");
+        self.empty = false;
+        // Writing a str into a Vec cannot fail.
+        serde_json::to_writer(&mut self.out, name).expect("write header name");
+        self.out.push(b':');
     }
-    out.push(b'}');
-    if let Some(payload) = payload {
-        out.extend_from_slice(b",\"payload\":");
-        out.extend_from_slice(payload);
+
+    /// A string header, escaped as JSON needs.
+    pub fn header_str(&mut self, name: &str, value: &str) {
+        self.name(name);
+        serde_json::to_writer(&mut self.out, value).expect("write header value");
     }
-    out.push(b'}');
-    out
+
+    /// A header from a JSON value (the caller keeps to strings, numbers and booleans).
+    pub fn header_value(&mut self, name: &str, value: &serde_json::Value) {
+        self.name(name);
+        serde_json::to_writer(&mut self.out, value).expect("write header value");
+    }
+
+    /// A header whose value is already JSON text of one string, number or
+    /// boolean, copied as it is.
+    pub fn header_raw(&mut self, name: &str, json: &[u8]) {
+        self.name(name);
+        self.out.extend_from_slice(json);
+    }
+
+    /// Closes the headers and appends the payload bytes unchanged.
+    pub fn finish(mut self, payload: Option<&[u8]>) -> Vec<u8> {
+        self.out.push(b'}');
+        if let Some(payload) = payload {
+            self.out.extend_from_slice(b",\"payload\":");
+            self.out.extend_from_slice(payload);
+        }
+        self.out.push(b'}');
+        self.out
+    }
 }
 
 fn skip_ws(data: &[u8], mut pos: usize) -> usize {

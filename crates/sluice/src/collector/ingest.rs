@@ -6,9 +6,9 @@
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{Map, Value};
+use serde_json::Value;
 
-use sluice_core::envelope::{self, RESERVED_HEADERS};
+use sluice_core::envelope::EnvelopeBuilder;
 use sluice_core::limits::MAX_PARTITION_KEY_CHARS;
 use sluice_core::stream::PutRecord;
 
@@ -16,8 +16,8 @@ use sluice_core::stream::PutRecord;
 pub const MAX_HEADERS: usize = 64;
 /// Longest header name or event id.
 pub const MAX_NAME_CHARS: usize = 128;
-/// Longest string header value.
-pub const MAX_HEADER_VALUE_CHARS: usize = 1024;
+/// Longest string header value, as JSON text.
+pub const MAX_HEADER_VALUE_BYTES: usize = 1024;
 /// Deepest nesting of arrays and objects a payload may have, so that
 /// consumers with a recursive parser can read every payload.
 pub const MAX_PAYLOAD_DEPTH: usize = 64;
@@ -134,8 +134,8 @@ pub enum Ingested {
 struct IncomingEvent<'a> {
     #[serde(rename = "type")]
     kind: Option<Value>,
-    #[serde(default)]
-    headers: Option<Map<String, Value>>,
+    #[serde(borrow, default)]
+    headers: Option<RawHeaders<'a>>,
     #[serde(default)]
     partition_key: Option<Value>,
     #[serde(default)]
@@ -144,6 +144,51 @@ struct IncomingEvent<'a> {
     ts: Option<Value>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
+}
+
+/// The sender's headers: names and the raw JSON text of each value, in the
+/// order sent. Values are copied into the envelope as written.
+#[derive(Default)]
+struct RawHeaders<'a>(Vec<(String, &'a RawValue)>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for RawHeaders<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = RawHeaders<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("an object of headers")
+            }
+            fn visit_map<M: serde::de::MapAccess<'de>>(
+                self,
+                mut map: M,
+            ) -> Result<Self::Value, M::Error> {
+                let mut headers: Vec<(String, &'a RawValue)> = Vec::new();
+                while let Some(name) = map.next_key::<String>()? {
+                    if headers.len() == MAX_HEADERS {
+                        return Err(serde::de::Error::custom(format!(
+                            "more than {MAX_HEADERS} headers"
+                        )));
+                    }
+                    let value: &'a RawValue = map.next_value()?;
+                    if headers.iter().any(|(n, _)| *n == name) {
+                        return Err(serde::de::Error::custom(format!(
+                            "header `{name}` appears twice"
+                        )));
+                    }
+                    headers.push((name, value));
+                }
+                Ok(RawHeaders(headers))
+            }
+        }
+        deserializer.deserialize_map(Visit(std::marker::PhantomData))
+    }
+}
+
+impl RawHeaders<'_> {
+    fn get(&self, name: &str) -> Option<&RawValue> {
+        self.0.iter().find(|(n, _)| n == name).map(|(_, v)| *v)
+    }
 }
 
 /// Splits a body into the raw text of each event.
@@ -191,13 +236,13 @@ fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8])>, BodyErr
     }
 }
 
-/// Checks a body and builds the records to write. `now` gives the event
+/// Checks a body and builds the records to write. `clock` gives the event
 /// time and id for events without them.
 pub fn ingest(
     body: &Bytes,
     format: BodyFormat,
     rules: &IngestRules,
-    now: &dyn Fn() -> (String, String),
+    clock: &dyn Clock,
 ) -> Result<Ingested, BodyError> {
     let events = split(body, format)?;
     if events.len() > rules.max_events {
@@ -209,7 +254,7 @@ pub fn ingest(
     let mut records = Vec::with_capacity(events.len());
     let mut rejections = Vec::new();
     for (index, text) in events {
-        match build(text, rules, now) {
+        match build(text, rules, clock) {
             Ok(record) => records.push(record),
             Err((status, reason)) => rejections.push(Rejection {
                 index,
@@ -237,11 +282,7 @@ fn short_string(value: Value, field: &str, max: usize) -> Result<String, (u16, S
     }
 }
 
-fn build(
-    text: &[u8],
-    rules: &IngestRules,
-    now: &dyn Fn() -> (String, String),
-) -> Result<PutRecord, (u16, String)> {
+fn build(text: &[u8], rules: &IngestRules, clock: &dyn Clock) -> Result<PutRecord, (u16, String)> {
     // An event can't make an envelope smaller than itself minus its framing,
     // so the raw size is a cheap first check.
     if text.len() > rules.max_event_bytes + 64 {
@@ -266,14 +307,8 @@ fn build(
         "type",
         MAX_NAME_CHARS,
     )?;
-    let mut sender_headers = event.headers.unwrap_or_default();
-    if sender_headers.len() > MAX_HEADERS {
-        return Err(bad(format!(
-            "{} headers; the limit is {MAX_HEADERS}",
-            sender_headers.len()
-        )));
-    }
-    for (name, value) in &sender_headers {
+    let sender_headers = event.headers.unwrap_or_default();
+    for (name, value) in &sender_headers.0 {
         if name.is_empty() || name.chars().count() > MAX_NAME_CHARS {
             return Err(bad(format!(
                 "header names must be 1 to {MAX_NAME_CHARS} characters"
@@ -284,13 +319,14 @@ fn build(
                 "header `{name}` is set from the top-level `{name}` field"
             )));
         }
-        match value {
-            Value::String(s) if s.chars().count() > MAX_HEADER_VALUE_CHARS => {
+        let raw = value.get();
+        match raw.as_bytes()[0] {
+            b'"' if raw.len() > MAX_HEADER_VALUE_BYTES => {
                 return Err(bad(format!(
-                    "header `{name}` is longer than {MAX_HEADER_VALUE_CHARS} characters"
+                    "header `{name}` is longer than {MAX_HEADER_VALUE_BYTES} bytes"
                 )))
             }
-            Value::String(_) | Value::Number(_) | Value::Bool(_) => {}
+            b'"' | b't' | b'f' | b'-' | b'0'..=b'9' => {}
             _ => {
                 return Err(bad(format!(
                     "header `{name}` must be a string, number or boolean"
@@ -305,16 +341,15 @@ fn build(
             )));
         }
     }
-    let (now_ts, new_id) = now();
     let event_id = match event.event_id {
         Some(value) => short_string(value, "event_id", MAX_NAME_CHARS)?,
-        None => new_id,
+        None => clock.new_id(),
     };
     let ts = match event.ts {
         Some(Value::String(text)) => normalize_ts(&text)
             .ok_or_else(|| bad(format!("`ts` {text:?} is not an RFC 3339 time")))?,
         Some(_) => return Err(bad("`ts` must be an RFC 3339 string")),
-        None => now_ts,
+        None => clock.now(),
     };
     let partition_key = match event.partition_key {
         Some(value) => short_string(value, "partition_key", MAX_PARTITION_KEY_CHARS)?,
@@ -322,28 +357,25 @@ fn build(
             .partition_key_header
             .as_ref()
             .and_then(|h| sender_headers.get(h))
-            .map(|v| match v {
-                Value::String(s) => s.clone(),
-                other => other.to_string(),
+            .map(|raw| {
+                serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
             })
             .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS)
             .unwrap_or_else(|| event_id.clone()),
     };
-    let source = sender_headers
-        .remove("source")
-        .unwrap_or_else(|| Value::String(rules.source.clone()));
-    let reserved = [
-        ("type", Value::String(kind)),
-        ("source", source),
-        ("event_id", Value::String(event_id)),
-        ("ts", Value::String(ts)),
-    ];
-    debug_assert!(reserved.iter().all(|(n, _)| RESERVED_HEADERS.contains(n)));
-    let headers = reserved
-        .iter()
-        .map(|(n, v)| (*n, v))
-        .chain(sender_headers.iter().map(|(n, v)| (n.as_str(), v)));
-    let data = envelope::encode(headers, event.payload.map(|raw| raw.get().as_bytes()));
+    let payload = event.payload.map(|raw| raw.get().as_bytes());
+    let mut envelope = EnvelopeBuilder::with_capacity(text.len() + 128);
+    envelope.header_str("type", &kind);
+    match sender_headers.get("source") {
+        Some(source) => envelope.header_raw("source", source.get().as_bytes()),
+        None => envelope.header_str("source", &rules.source),
+    }
+    envelope.header_str("event_id", &event_id);
+    envelope.header_str("ts", &ts);
+    for (name, value) in sender_headers.0.iter().filter(|(n, _)| n != "source") {
+        envelope.header_raw(name, value.get().as_bytes());
+    }
+    let data = envelope.finish(payload);
     if data.len() > rules.max_event_bytes {
         return Err((
             413,
@@ -355,6 +387,26 @@ fn build(
         ));
     }
     Ok(PutRecord::new(partition_key, data))
+}
+
+/// Where event times and ids come from, for events that lack them.
+pub trait Clock {
+    /// The time now, RFC 3339 in UTC with milliseconds.
+    fn now(&self) -> String;
+    /// A new event id.
+    fn new_id(&self) -> String;
+}
+
+/// The real clock: the system time and UUIDv7 ids.
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now(&self) -> String {
+        format_ts(chrono::Utc::now())
+    }
+    fn new_id(&self) -> String {
+        uuid::Uuid::now_v7().to_string()
+    }
 }
 
 /// RFC 3339 in, UTC with milliseconds out.
@@ -381,19 +433,25 @@ mod tests {
         }
     }
 
-    fn fixed_now() -> (String, String) {
-        ("2026-11-28T12:00:00.000Z".into(), "0193-id".into())
+    struct FixedClock;
+    impl Clock for FixedClock {
+        fn now(&self) -> String {
+            "2026-11-28T12:00:00.000Z".into()
+        }
+        fn new_id(&self) -> String {
+            "0193-id".into()
+        }
     }
 
     fn accept(body: &str, format: BodyFormat) -> Vec<PutRecord> {
-        match ingest(&Bytes::from(body.to_owned()), format, &rules(), &fixed_now).unwrap() {
+        match ingest(&Bytes::from(body.to_owned()), format, &rules(), &FixedClock).unwrap() {
             Ingested::Accepted(records) => records,
             Ingested::Rejected(r) => panic!("rejected: {r:?}"),
         }
     }
 
     fn reject(body: &str, format: BodyFormat) -> Vec<Rejection> {
-        match ingest(&Bytes::from(body.to_owned()), format, &rules(), &fixed_now).unwrap() {
+        match ingest(&Bytes::from(body.to_owned()), format, &rules(), &FixedClock).unwrap() {
             Ingested::Accepted(_) => panic!("accepted {body}"),
             Ingested::Rejected(r) => r,
         }
@@ -418,6 +476,31 @@ mod tests {
         );
         assert_eq!(env.headers.get("amount"), Some(&HeaderValue::Num(12.5)));
         assert_eq!(env.payload, Some(&br#"{ "b" : [1, 2.50] }"#[..]));
+    }
+
+    #[test]
+    fn header_values_are_copied_as_written_and_duplicates_refused() {
+        let records = accept(
+            r#"{"type":"a","headers":{"big":1E+2,"s":"caf\u00e9","source":"app"}}"#,
+            BodyFormat::Json,
+        );
+        let text = String::from_utf8(records[0].data.to_vec()).unwrap();
+        assert!(text.contains(r#""big":1E+2"#), "{text}");
+        assert!(text.contains(r#""s":"caf\u00e9""#), "{text}");
+        assert!(
+            text.starts_with(r#"{"headers":{"type":"a","source":"app","event_id""#),
+            "{text}"
+        );
+        let rejections = reject(r#"{"type":"a","headers":{"x":1,"x":2}}"#, BodyFormat::Json);
+        assert!(
+            rejections[0].reason.contains("appears twice"),
+            "{rejections:?}"
+        );
+        let rejections = reject(r#"{"type":"a","headers":{"x":null}}"#, BodyFormat::Json);
+        assert!(
+            rejections[0].reason.contains("string, number or boolean"),
+            "{rejections:?}"
+        );
     }
 
     #[test]
@@ -479,7 +562,7 @@ mod tests {
     fn whole_bodies_that_are_not_events_are_refused() {
         let r = rules();
         let check = |body: &[u8], format| {
-            ingest(&Bytes::copy_from_slice(body), format, &r, &fixed_now).unwrap_err()
+            ingest(&Bytes::copy_from_slice(body), format, &r, &FixedClock).unwrap_err()
         };
         assert_eq!(check(b"", BodyFormat::Json), BodyError::Empty);
         assert_eq!(check(b"  \n ", BodyFormat::Ndjson), BodyError::Empty);
@@ -533,12 +616,12 @@ mod tests {
             &Bytes::from(deep_body),
             BodyFormat::Json,
             &rules(),
-            &fixed_now,
+            &FixedClock,
         );
         assert!(!matches!(outcome, Ok(Ingested::Accepted(_))));
         let body = Bytes::from_static(b"{\"type\":\"a\xff\"}");
         let Ingested::Rejected(r) =
-            ingest(&body, BodyFormat::Ndjson, &rules(), &fixed_now).unwrap()
+            ingest(&body, BodyFormat::Ndjson, &rules(), &FixedClock).unwrap()
         else {
             panic!("accepted invalid UTF-8");
         };

@@ -50,13 +50,6 @@ fn reject_reason(reason: &str) {
         .inc();
 }
 
-fn now() -> (String, String) {
-    (
-        ingest::format_ts(chrono::Utc::now()),
-        uuid::Uuid::now_v7().to_string(),
-    )
-}
-
 /// `POST /v1/events`.
 pub async fn post_events(
     State(collector): State<Arc<Collector>>,
@@ -72,16 +65,17 @@ pub async fn post_events(
             "content type {content_type:?} is not supported; send application/json (an event or an array) or application/x-ndjson"
         ))
     })?;
-    let outcome = ingest::ingest(&body, format, &collector.rules, &now).map_err(|e| {
-        reject_reason(match e {
-            BodyError::TooManyEvents { .. } => "too_many_events",
-            _ => "bad_body",
-        });
-        match e {
-            BodyError::TooManyEvents { .. } => AppError::TooLarge(e.to_string()),
-            other => AppError::BadRequest(other.to_string()),
-        }
-    })?;
+    let outcome =
+        ingest::ingest(&body, format, &collector.rules, &ingest::SystemClock).map_err(|e| {
+            reject_reason(match e {
+                BodyError::TooManyEvents { .. } => "too_many_events",
+                _ => "bad_body",
+            });
+            match e {
+                BodyError::TooManyEvents { .. } => AppError::TooLarge(e.to_string()),
+                other => AppError::BadRequest(other.to_string()),
+            }
+        })?;
     let records = match outcome {
         Ingested::Accepted(records) => records,
         Ingested::Rejected(rejections) => {
