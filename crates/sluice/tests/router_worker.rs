@@ -155,6 +155,16 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
         .unwrap();
     inbound.send(send_round(10)).await.unwrap();
     let expected = 30 * keys.len();
+    // Records that are not envelopes, as another producer might write them.
+    let junk = vec![
+        PutRecord::new("junk-1", Bytes::from_static(b"\xff\xfe not json")),
+        PutRecord::new("junk-2", Bytes::from_static(b"[1,2,3]")),
+        PutRecord::new(
+            "junk-3",
+            Bytes::from_static(br#"{"headers":{"type":{"nested":1}}}"#),
+        ),
+    ];
+    streams.put_records("inbound", junk).await.unwrap();
 
     // Start routing only now: the worker sees the parent, its two children
     // and their merged child at once, and must read them in lineage order.
@@ -196,6 +206,30 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
     }
     assert_eq!(last.len(), keys.len());
     assert!(last.values().all(|n| *n == 30));
+    // Each record that is not an envelope is in dead-letter with its reason.
+    let mut reasons: Vec<(String, String)> = Vec::new();
+    for shard in streams.list_shards("dead-letter").await.unwrap() {
+        let it = streams
+            .get_shard_iterator("dead-letter", &shard.shard_id, StartPosition::TrimHorizon)
+            .await
+            .unwrap();
+        for r in streams.get_records(&it, 100).await.unwrap().records {
+            let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
+            reasons.push((
+                r.partition_key,
+                v["headers"]["reason"].as_str().unwrap().to_owned(),
+            ));
+        }
+    }
+    reasons.sort();
+    assert_eq!(
+        reasons,
+        [
+            ("junk-1".into(), "not_json".into()),
+            ("junk-2".into(), "not_an_object".into()),
+            ("junk-3".into(), "bad_headers".into())
+        ]
+    );
     // Parents were read to their end and marked so.
     let checkpoints = table.scan("checkpoints").await.unwrap();
     let ended = checkpoints
