@@ -204,6 +204,63 @@ fn expected_streams(kind: &str, amount: f64) -> Vec<&'static str> {
     }
 }
 
+/// Four tasks posting NDJSON batches until the server stops answering 202,
+/// keeping what was acknowledged.
+struct Posters;
+
+type Acked<T> = Arc<Mutex<Vec<T>>>;
+
+impl Posters {
+    /// `event(poster, batch, i)` gives what to remember of an event and its line.
+    fn start<T, F>(
+        url: &str,
+        batch_size: usize,
+        event: F,
+    ) -> (Vec<tokio::task::JoinHandle<()>>, Acked<T>)
+    where
+        T: Send + 'static,
+        F: Fn(usize, usize, usize) -> (T, String) + Send + Sync + Copy + 'static,
+    {
+        let acked: Acked<T> = Arc::default();
+        let tasks = (0..4)
+            .map(|poster| {
+                let (url, acked) = (url.to_owned(), acked.clone());
+                tokio::spawn(async move {
+                    for batch in 0.. {
+                        let (kept, lines): (Vec<T>, Vec<String>) =
+                            (0..batch_size).map(|i| event(poster, batch, i)).unzip();
+                        let response = client()
+                            .post(format!("{url}/v1/events"))
+                            .header("content-type", "application/x-ndjson")
+                            .body(lines.join("\n"))
+                            .send()
+                            .await;
+                        match response {
+                            Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(kept),
+                            _ => return, // the process stopped
+                        }
+                    }
+                })
+            })
+            .collect();
+        (tasks, acked)
+    }
+
+    async fn wait_for_acks<T>(acked: &Acked<T>, at_least: usize) {
+        wait_for(Duration::from_secs(60), "events to be acknowledged", || {
+            let n = acked.lock().unwrap().len();
+            async move {
+                if n >= at_least {
+                    Ok(())
+                } else {
+                    Err(format!("{n} acknowledged"))
+                }
+            }
+        })
+        .await;
+    }
+}
+
 const STREAMS: [&str; 5] = [
     "transactions",
     "big-spenders",
@@ -457,44 +514,17 @@ async fn kill_9_while_posting_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
     let mut sluice = Sluice::start(dir.path());
     let url = sluice.url.clone();
-    let acked: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
-    let mut posters = Vec::new();
-    for poster in 0..4 {
-        let (url, acked) = (url.clone(), acked.clone());
-        posters.push(tokio::spawn(async move {
-            for batch in 0.. {
-                let events: Vec<(String, &'static str)> = (0..50)
-                    .map(|i| (format!("p{poster}-b{batch}-{i}"), ["purchase", "click", "heartbeat"][i % 3]))
-                    .collect();
-                let body: Vec<String> = events
-                    .iter()
-                    .map(|(id, kind)| format!(r#"{{"type":"{kind}","event_id":"{id}","partition_key":"u{}","payload":{{"x":1}}}}"#, id.len()))
-                    .collect();
-                let response = client()
-                    .post(format!("{url}/v1/events"))
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body.join("\n"))
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(events),
-                    _ => return, // the process is gone
-                }
-            }
-        }));
-    }
-    wait_for(Duration::from_secs(60), "events to be acknowledged", || {
-        let n = acked.lock().unwrap().len();
-        async move {
-            if n >= 3000 {
-                Ok(())
-            } else {
-                Err(format!("{n} acknowledged"))
-            }
-        }
-    })
-    .await;
+    let kinds = ["purchase", "click", "heartbeat"];
+    let (posters, acked) = Posters::start(&url, 50, move |poster, batch, i| {
+        let id = format!("p{poster}-b{batch}-{i}");
+        let line = format!(
+            r#"{{"type":"{}","event_id":"{id}","partition_key":"u{}","payload":{{"x":1}}}}"#,
+            kinds[i % 3],
+            id.len()
+        );
+        ((id, kinds[i % 3]), line)
+    });
+    Posters::wait_for_acks(&acked, 3000).await;
     sluice.kill_9();
     for poster in posters {
         poster.await.unwrap();
@@ -614,42 +644,12 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
 
     // SIGTERM while events are posted: the process drains and exits cleanly,
     // and everything it acknowledged is there after a restart.
-    let acked: Arc<Mutex<Vec<String>>> = Arc::default();
-    let mut posters = Vec::new();
-    for poster in 0..4 {
-        let (url, acked) = (url.clone(), acked.clone());
-        posters.push(tokio::spawn(async move {
-            for batch in 0.. {
-                let ids: Vec<String> = (0..20).map(|i| format!("t{poster}-{batch}-{i}")).collect();
-                let body: Vec<String> = ids
-                    .iter()
-                    .map(|id| format!(r#"{{"type":"click","event_id":"{id}"}}"#))
-                    .collect();
-                let response = client()
-                    .post(format!("{url}/v1/events"))
-                    .bearer_auth(TOKEN)
-                    .header("content-type", "application/x-ndjson")
-                    .body(body.join("\n"))
-                    .send()
-                    .await;
-                match response {
-                    Ok(r) if r.status() == 202 => acked.lock().unwrap().extend(ids),
-                    _ => return,
-                }
-            }
-        }));
-    }
-    wait_for(Duration::from_secs(60), "events to be acknowledged", || {
-        let n = acked.lock().unwrap().len();
-        async move {
-            if n >= 1000 {
-                Ok(())
-            } else {
-                Err(format!("{n} acknowledged"))
-            }
-        }
-    })
-    .await;
+    let (posters, acked) = Posters::start(&url, 20, |poster, batch, i| {
+        let id = format!("t{poster}-{batch}-{i}");
+        let line = format!(r#"{{"type":"click","event_id":"{id}"}}"#);
+        (id, line)
+    });
+    Posters::wait_for_acks(&acked, 1000).await;
     let term = Command::new("kill")
         .args(["-TERM", &sluice.child.id().to_string()])
         .status()

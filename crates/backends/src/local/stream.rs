@@ -218,6 +218,23 @@ impl LocalStreams {
             .ok_or_else(|| StreamError::StreamNotFound(name.to_owned()))
     }
 
+    /// Sends a command to a stream's writer and waits for its answer.
+    async fn command<T>(
+        &self,
+        name: &str,
+        make: impl FnOnce(oneshot::Sender<Result<T, StreamError>>) -> Command,
+    ) -> Result<T, StreamError> {
+        let stream = self.stream(name)?;
+        let gone = || StreamError::StreamNotFound(name.to_owned());
+        let (reply, answer) = oneshot::channel();
+        stream
+            .commands
+            .send(make(reply))
+            .await
+            .map_err(|_| gone())?;
+        answer.await.map_err(|_| gone())?
+    }
+
     /// Deletes sealed segments whose records are all past retention. Returns
     /// how many segments went.
     pub fn enforce_retention(&self) -> Result<usize, StreamError> {
@@ -912,16 +929,8 @@ impl StreamBackend for LocalStreams {
         records: Vec<PutRecord>,
     ) -> Result<Vec<PutResult>, StreamError> {
         validate_put(&records)?;
-        let stream = self.stream(name)?;
-        let (reply, answer) = oneshot::channel();
-        stream
-            .commands
-            .send(Command::Put { records, reply })
+        self.command(name, |reply| Command::Put { records, reply })
             .await
-            .map_err(|_| StreamError::StreamNotFound(name.to_owned()))?;
-        answer
-            .await
-            .map_err(|_| StreamError::StreamNotFound(name.to_owned()))?
     }
 
     async fn get_shard_iterator(
@@ -997,24 +1006,16 @@ impl StreamBackend for LocalStreams {
         shard_id: &str,
         new_starting_hash_key: u128,
     ) -> Result<(), StreamError> {
-        let stream = self.stream(name)?;
         let shard = parse_shard_id(shard_id).ok_or_else(|| StreamError::ShardNotFound {
             stream: name.to_owned(),
             shard: shard_id.to_owned(),
         })?;
-        let (reply, answer) = oneshot::channel();
-        stream
-            .commands
-            .send(Command::Split {
-                shard,
-                at: new_starting_hash_key,
-                reply,
-            })
-            .await
-            .map_err(|_| StreamError::StreamNotFound(name.to_owned()))?;
-        answer
-            .await
-            .map_err(|_| StreamError::StreamNotFound(name.to_owned()))?
+        self.command(name, |reply| Command::Split {
+            shard,
+            at: new_starting_hash_key,
+            reply,
+        })
+        .await
     }
 
     async fn merge_shards(
@@ -1023,7 +1024,6 @@ impl StreamBackend for LocalStreams {
         shard_id: &str,
         adjacent_shard_id: &str,
     ) -> Result<(), StreamError> {
-        let stream = self.stream(name)?;
         let parse = |id: &str| {
             parse_shard_id(id).ok_or_else(|| StreamError::ShardNotFound {
                 stream: name.to_owned(),
@@ -1031,18 +1031,11 @@ impl StreamBackend for LocalStreams {
             })
         };
         let (shard, adjacent) = (parse(shard_id)?, parse(adjacent_shard_id)?);
-        let (reply, answer) = oneshot::channel();
-        stream
-            .commands
-            .send(Command::Merge {
-                shard,
-                adjacent,
-                reply,
-            })
-            .await
-            .map_err(|_| StreamError::StreamNotFound(name.to_owned()))?;
-        answer
-            .await
-            .map_err(|_| StreamError::StreamNotFound(name.to_owned()))?
+        self.command(name, |reply| Command::Merge {
+            shard,
+            adjacent,
+            reply,
+        })
+        .await
     }
 }

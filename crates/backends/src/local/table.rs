@@ -143,6 +143,20 @@ impl LocalTable {
     }
 }
 
+/// Opens a table for reading; a table nobody created is `TableNotFound`.
+fn open_read(
+    txn: &redb::ReadTransaction,
+    table: &str,
+) -> Result<redb::ReadOnlyTable<&'static str, &'static [u8]>, TableError> {
+    match txn.open_table(definition(table)) {
+        Ok(handle) => Ok(handle),
+        Err(redb::TableError::TableDoesNotExist(_)) => {
+            Err(TableError::TableNotFound(table.to_owned()))
+        }
+        Err(e) => Err(storage(e)),
+    }
+}
+
 fn table_exists(txn: &redb::WriteTransaction, table: &str) -> Result<bool, TableError> {
     Ok(txn
         .list_tables()
@@ -169,13 +183,7 @@ impl TableBackend for LocalTable {
         let (table, key) = (table.to_owned(), key.to_owned());
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(storage)?;
-            let handle = match txn.open_table(definition(&table)) {
-                Ok(handle) => handle,
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Err(TableError::TableNotFound(table))
-                }
-                Err(e) => return Err(storage(e)),
-            };
+            let handle = open_read(&txn, &table)?;
             match handle.get(key.as_str()).map_err(storage)? {
                 Some(bytes) => {
                     Ok(Some(decode(bytes.value())?).filter(|item| !is_expired(item, now_secs())))
@@ -240,13 +248,7 @@ impl TableBackend for LocalTable {
         let table = table.to_owned();
         self.blocking(move |db| {
             let txn = db.begin_read().map_err(storage)?;
-            let handle = match txn.open_table(definition(&table)) {
-                Ok(handle) => handle,
-                Err(redb::TableError::TableDoesNotExist(_)) => {
-                    return Err(TableError::TableNotFound(table))
-                }
-                Err(e) => return Err(storage(e)),
-            };
+            let handle = open_read(&txn, &table)?;
             let now = now_secs();
             let mut items = Vec::new();
             for row in handle.iter().map_err(storage)? {
