@@ -84,12 +84,16 @@ impl RoutedBatch {
 /// Routes a batch of records.
 pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record]) -> RoutedBatch {
     let mut batch = RoutedBatch {
-        outputs: vec![Vec::new(); rules.streams().len()],
+        outputs: Vec::with_capacity(rules.streams().len()),
         per_route: vec![0; rules.route_names().len()],
         ..RoutedBatch::default()
     };
+    // First decide where each record goes, then fill outputs sized exactly.
+    let mut placements: Vec<(u32, Result<u16, DeadLetterReason>)> =
+        Vec::with_capacity(records.len() + records.len() / 2);
+    let mut counts = vec![0usize; rules.streams().len()];
     let (mut targets, mut matched) = (Vec::new(), Vec::new());
-    for record in records {
+    for (index, record) in records.iter().enumerate() {
         let headers = if record.data.len() > options.max_record_bytes {
             Err(DeadLetterReason::TooLarge {
                 size: record.data.len(),
@@ -107,18 +111,30 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
                     batch.per_route[route] += 1;
                 }
                 for &stream in &targets {
-                    batch.outputs[stream].push(PutRecord {
-                        partition_key: record.partition_key.clone(),
-                        explicit_hash_key: None,
-                        data: record.data.clone(),
-                    });
+                    counts[stream] += 1;
+                    placements.push((index as u32, Ok(stream as u16)));
                 }
             }
             Err(reason) => {
                 batch.count_dead_letter(reason.code());
-                batch.outputs[rules.dead_letter_stream()]
-                    .push(dead_letter(options, record, &reason));
+                counts[rules.dead_letter_stream()] += 1;
+                placements.push((index as u32, Err(reason)));
             }
+        }
+    }
+    batch
+        .outputs
+        .extend(counts.iter().map(|n| Vec::with_capacity(*n)));
+    for (index, placement) in placements {
+        let record = &records[index as usize];
+        match placement {
+            Ok(stream) => batch.outputs[stream as usize].push(PutRecord {
+                partition_key: record.partition_key.clone(),
+                explicit_hash_key: None,
+                data: record.data.clone(),
+            }),
+            Err(reason) => batch.outputs[rules.dead_letter_stream()]
+                .push(dead_letter(options, record, &reason)),
         }
     }
     batch

@@ -124,10 +124,13 @@ pub enum Decision {
 
 /// A name's length and first seven bytes in one word: equal names have
 /// equal fingerprints, and most different names do not.
+/// Names up to this long are told apart by their fingerprint alone.
+const FINGERPRINT_BYTES: usize = 7;
+
 fn fingerprint(name: &str) -> u64 {
     let bytes = name.as_bytes();
     let mut print = (bytes.len().min(255) as u64) << 56;
-    for (i, b) in bytes.iter().take(7).enumerate() {
+    for (i, b) in bytes.iter().take(FINGERPRINT_BYTES).enumerate() {
         print |= u64::from(*b) << (i * 8);
     }
     print
@@ -259,7 +262,7 @@ impl RuleSet {
                     .fingerprints
                     .iter()
                     .zip(&self.names)
-                    .position(|(p, n)| *p == print && n == name);
+                    .position(|(p, n)| *p == print && (n.len() <= FINGERPRINT_BYTES || n == name));
                 if let Some(i) = found {
                     slots[i] = Some(value);
                 }
@@ -380,6 +383,30 @@ to = "other"
         );
         assert_eq!(targets(&r, r#"{"headers":{"type":"signup"}}"#), ["other"]);
         assert_eq!(r.streams()[r.dead_letter_stream()], "dead-letter");
+    }
+
+    #[test]
+    fn header_names_sharing_a_prefix_are_told_apart() {
+        let r = rules(
+            r#"
+[[routes]]
+name = "long-1"
+match = { session_1 = ["x"] }
+to = ["one"]
+[[routes]]
+name = "long-2"
+match = { session_2 = ["x"] }
+to = ["two"]
+[[routes]]
+name = "short"
+match = { ab = ["x"] }
+to = ["short"]
+"#,
+        );
+        assert_eq!(targets(&r, r#"{"headers":{"session_2":"x"}}"#), ["two"]);
+        assert_eq!(targets(&r, r#"{"headers":{"session_1":"x"}}"#), ["one"]);
+        assert_eq!(targets(&r, r#"{"headers":{"ab":"x"}}"#), ["short"]);
+        assert_eq!(targets(&r, r#"{"headers":{"ac":"x","abc":"x","a":"x"}}"#), ["unrouted"]);
     }
 
     #[test]

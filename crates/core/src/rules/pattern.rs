@@ -24,12 +24,18 @@ pub enum Scalar {
 impl Scalar {
     fn equals(&self, value: &HeaderValue) -> bool {
         match (self, value) {
-            (Scalar::Str(a), HeaderValue::Str(b)) => a == b.as_ref(),
+            (Scalar::Str(a), HeaderValue::Str(b)) => same_text(a, b),
             (Scalar::Num(a), HeaderValue::Num(b)) => a == b,
             (Scalar::Bool(a), HeaderValue::Bool(b)) => a == b,
             _ => false,
         }
     }
+}
+
+/// String equality that rules out most different strings by length and
+/// first byte before comparing the rest.
+fn same_text(a: &str, b: &str) -> bool {
+    a.len() == b.len() && a.as_bytes().first() == b.as_bytes().first() && a == b
 }
 
 /// A `*` glob, with `\*` and `\\` for literal characters.
