@@ -20,23 +20,28 @@ struct Cli {
     command: Command,
 }
 
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Configuration file (default: ./sluice.toml if present, else the built-in example).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory (default: backend.data_dir, else ./sluice-data).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Listen address (default: collector.listen, else 127.0.0.1:8080).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Log as JSON lines instead of text.
+    #[arg(long)]
+    json_logs: bool,
+}
+
 #[derive(Subcommand)]
 enum Command {
     /// Run collector, router and read API in one process on embedded storage.
-    Up {
-        /// Configuration file (default: ./sluice.toml if present, else the built-in example).
-        #[arg(long)]
-        config: Option<PathBuf>,
-        /// Data directory (default: backend.data_dir, else ./sluice-data).
-        #[arg(long)]
-        data_dir: Option<PathBuf>,
-        /// Listen address (default: collector.listen, else 127.0.0.1:8080).
-        #[arg(long)]
-        listen: Option<SocketAddr>,
-        /// Log as JSON lines instead of text.
-        #[arg(long)]
-        json_logs: bool,
-    },
+    Up(RunArgs),
+    /// Run only the collector and read API on embedded storage (no routing).
+    Collector(RunArgs),
     /// Post NDJSON events from a file, or from stdin with `-`.
     Send {
         /// The file of events, one JSON object per line; `-` reads stdin.
@@ -85,13 +90,8 @@ fn find_config(explicit: Option<PathBuf>) -> Option<PathBuf> {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    let json_logs = matches!(
-        cli.command,
-        Command::Up {
-            json_logs: true,
-            ..
-        }
-    );
+    let json_logs =
+        matches!(&cli.command, Command::Up(args) | Command::Collector(args) if args.json_logs);
     sluice_telemetry::init_logging(if json_logs {
         LogFormat::Json
     } else {
@@ -108,20 +108,8 @@ async fn main() -> std::process::ExitCode {
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
     match command {
-        Command::Up {
-            config,
-            data_dir,
-            listen,
-            ..
-        } => {
-            let config = Config::load(find_config(config).as_deref())?;
-            sluice::server::up(sluice::server::UpOptions {
-                config,
-                data_dir,
-                listen,
-            })
-            .await?;
-        }
+        Command::Up(args) => run_pipeline(args, true).await?,
+        Command::Collector(args) => run_pipeline(args, false).await?,
         Command::Send {
             file,
             url,
@@ -163,4 +151,15 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         }
     }
     Ok(std::process::ExitCode::SUCCESS)
+}
+
+async fn run_pipeline(args: RunArgs, router: bool) -> anyhow::Result<()> {
+    let config = Config::load(find_config(args.config).as_deref())?;
+    sluice::server::up(sluice::server::UpOptions {
+        config,
+        data_dir: args.data_dir,
+        listen: args.listen,
+        router,
+    })
+    .await
 }

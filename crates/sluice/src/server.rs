@@ -29,6 +29,74 @@ pub struct UpOptions {
     pub config: Config,
     pub data_dir: Option<PathBuf>,
     pub listen: Option<SocketAddr>,
+    /// Run the router too (`sluice up`), or only the collector and read API
+    /// (`sluice collector`).
+    pub router: bool,
+}
+
+/// The router worker running in this process, with its output producers.
+struct RunningRouter {
+    stop: watch::Sender<bool>,
+    task: tokio::task::JoinHandle<Result<(), String>>,
+    producers: Vec<Producer>,
+}
+
+impl RunningRouter {
+    async fn start(
+        config: &Config,
+        streams: Arc<dyn StreamBackend>,
+        table: Arc<dyn TableBackend>,
+    ) -> anyhow::Result<Self> {
+        let rules = Arc::new(config.rules());
+        let mut producers = Vec::new();
+        for name in rules.streams() {
+            let producer_config = ProducerConfig {
+                backoff: config.router.retry.clone(),
+                ..ProducerConfig::default()
+            };
+            producers.push(Producer::start(streams.clone(), name, producer_config).await?);
+        }
+        let deliver = Arc::new(RouteAndDeliver {
+            rules,
+            options: RouterOptions {
+                source_stream: config.inbound.clone(),
+                max_record_bytes: config.router.max_record_bytes,
+            },
+            producers: producers.clone(),
+        });
+        let worker = RouterWorker {
+            streams,
+            table,
+            deliver,
+            settings: Arc::new(WorkerSettings {
+                inbound: config.inbound.clone(),
+                checkpoint_table: config.router.checkpoint_table.clone(),
+                batch_records: config.router.batch_records,
+                idle_poll: Duration::from_millis(config.router.idle_poll_ms),
+                backoff: config.router.retry.clone(),
+            }),
+        };
+        let (stop, stopped) = watch::channel(false);
+        let task = tokio::spawn(worker.run(stopped));
+        Ok(Self {
+            stop,
+            task,
+            producers,
+        })
+    }
+
+    /// Lets every shard reader finish its batch, then drains the outputs.
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        match self.task.await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::error!(error = %e, "router stopped with an error"),
+            Err(e) => tracing::error!(error = %e, "router task failed"),
+        }
+        for producer in self.producers {
+            producer.close().await;
+        }
+    }
 }
 
 /// Creates the inbound stream and every stream the rules name, if missing.
@@ -159,37 +227,11 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         config.collector.queue_events,
     ));
 
-    let rules = Arc::new(config.rules());
-    let mut producers = Vec::new();
-    for name in rules.streams() {
-        let producer_config = ProducerConfig {
-            backoff: config.router.retry.clone(),
-            ..ProducerConfig::default()
-        };
-        producers.push(Producer::start(streams.clone(), name, producer_config).await?);
-    }
-    let deliver = Arc::new(RouteAndDeliver {
-        rules,
-        options: RouterOptions {
-            source_stream: config.inbound.clone(),
-            max_record_bytes: config.router.max_record_bytes,
-        },
-        producers: producers.clone(),
-    });
-    let worker = RouterWorker {
-        streams: streams.clone(),
-        table,
-        deliver,
-        settings: Arc::new(WorkerSettings {
-            inbound: config.inbound.clone(),
-            checkpoint_table: config.router.checkpoint_table.clone(),
-            batch_records: config.router.batch_records,
-            idle_poll: Duration::from_millis(config.router.idle_poll_ms),
-            backoff: config.router.retry.clone(),
-        }),
+    let router = if options.router {
+        Some(RunningRouter::start(&config, streams.clone(), table).await?)
+    } else {
+        None
     };
-    let (stop_router, router_stopped) = watch::channel(false);
-    let router = tokio::spawn(worker.run(router_stopped));
 
     let app = http_routes(
         collector,
@@ -201,7 +243,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("listening on {listen}"))?;
     let address = listener.local_addr()?;
-    println!("sluice is up: listening on http://{address}");
+    let mode = if router.is_some() {
+        "collector, router and read API"
+    } else {
+        "collector and read API; routing is off"
+    };
+    println!("sluice is up ({mode}): listening on http://{address}");
     println!("  data in {}", data_dir.display());
     println!("  send events:  curl -H 'content-type: application/json' -d '{{\"type\":\"page_view\",\"payload\":{{}}}}' http://{address}/v1/events");
     println!("  read streams: curl http://{address}/v1/streams");
@@ -211,14 +258,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     // Requests in flight have had their answers; now drain the rest.
     collector_producer.close().await;
-    let _ = stop_router.send(true);
-    match router.await {
-        Ok(Ok(())) => {}
-        Ok(Err(e)) => tracing::error!(error = %e, "router stopped with an error"),
-        Err(e) => tracing::error!(error = %e, "router task failed"),
-    }
-    for producer in producers {
-        producer.close().await;
+    if let Some(router) = router {
+        router.stop().await;
     }
     tracing::info!("stopped");
     Ok(())

@@ -52,10 +52,16 @@ const TOKEN: &str = "e2e-secret-token";
 struct Sluice {
     child: Child,
     url: String,
+    /// The line that announced the address.
+    banner: String,
 }
 
 impl Sluice {
     fn start(dir: &Path) -> Self {
+        Self::start_command(dir, "up")
+    }
+
+    fn start_command(dir: &Path, command: &str) -> Self {
         let config = dir.join("sluice.toml");
         std::fs::write(&config, CONFIG).unwrap();
         let log = std::fs::OpenOptions::new()
@@ -64,7 +70,7 @@ impl Sluice {
             .open(dir.join("sluice.log"))
             .unwrap();
         let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg("up")
+            .arg(command)
             .arg("--config")
             .arg(&config)
             .arg("--data-dir")
@@ -77,6 +83,7 @@ impl Sluice {
             .expect("start sluice");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
+        let mut banner = String::new();
         let url = loop {
             let line = lines
                 .next()
@@ -88,12 +95,13 @@ impl Sluice {
                 })
                 .unwrap();
             if let Some(rest) = line.split("listening on ").nth(1) {
+                banner = line.clone();
                 break rest.trim().to_owned();
             }
         };
         // Keep draining stdout so the process never blocks on it.
         std::thread::spawn(move || for _ in lines {});
-        Self { child, url }
+        Self { child, url, banner }
     }
 
     fn kill_9(&mut self) {
@@ -683,5 +691,35 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
     assert!(
         acked.iter().all(|id| inbound.contains(id)),
         "an acknowledged event is missing after SIGTERM"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_collector_command_collects_without_routing() {
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_command(dir.path(), "collector");
+    let (status, _) = post(
+        &sluice.url,
+        "application/json",
+        r#"{"type":"purchase","event_id":"c-1"}"#,
+    )
+    .await;
+    assert_eq!(status, 202);
+    let inbound = read_stream(&sluice.url, "inbound").await;
+    assert_eq!(
+        inbound.iter().map(|r| event_id(r)).collect::<Vec<_>>(),
+        ["c-1"]
+    );
+    assert!(
+        sluice.banner.contains("routing is off"),
+        "{}",
+        sluice.banner
+    );
+    let up_dir = tempfile::tempdir().unwrap();
+    let up = Sluice::start(up_dir.path());
+    assert!(
+        up.banner.contains("collector, router and read API"),
+        "{}",
+        up.banner
     );
 }

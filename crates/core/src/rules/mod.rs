@@ -406,7 +406,10 @@ to = ["short"]
         assert_eq!(targets(&r, r#"{"headers":{"session_2":"x"}}"#), ["two"]);
         assert_eq!(targets(&r, r#"{"headers":{"session_1":"x"}}"#), ["one"]);
         assert_eq!(targets(&r, r#"{"headers":{"ab":"x"}}"#), ["short"]);
-        assert_eq!(targets(&r, r#"{"headers":{"ac":"x","abc":"x","a":"x"}}"#), ["unrouted"]);
+        assert_eq!(
+            targets(&r, r#"{"headers":{"ac":"x","abc":"x","a":"x"}}"#),
+            ["unrouted"]
+        );
     }
 
     #[test]
