@@ -723,3 +723,31 @@ async fn the_collector_command_collects_without_routing() {
         up.banner
     );
 }
+
+#[test]
+fn a_bad_config_stops_start_up_with_file_line_and_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("broken.toml");
+    std::fs::write(
+        &config,
+        "[[routes]]\nname = \"r\"\nmatch = { type = [{ regx = \"a\" }] }\nto = [\"x\"]\n",
+    )
+    .unwrap();
+    for command in ["up", "check-config"] {
+        let output = sluice_cli(&[command, "--config", config.to_str().unwrap()]);
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        assert_eq!(output.status.code(), Some(1), "{command}: {stderr}");
+        assert!(stderr.contains("broken.toml"), "{command}: {stderr}");
+        assert!(stderr.contains("line 3"), "{command}: {stderr}");
+        assert!(
+            stderr.contains("unknown matcher `regx`"),
+            "{command}: {stderr}"
+        );
+    }
+    let output = sluice_cli(&["check-config", "--config", "../../sluice.toml"]);
+    assert!(
+        output.status.success(),
+        "{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+}
