@@ -1,6 +1,8 @@
-//! Sluice backends: the embedded `local` stream and table stores, and the
+//! Sluice backends: the embedded `local` stream and table stores, the `aws`
+//! ones (Kinesis and DynamoDB), and the
 //! conformance suites every stream and table backend passes.
 
+pub mod aws;
 pub mod fault;
 pub mod local;
 

@@ -199,6 +199,12 @@ pub trait StreamBackend: Send + Sync {
         shard_id: &str,
         adjacent_shard_id: &str,
     ) -> Result<(), StreamError>;
+
+    /// The shortest time between two GetRecords calls on one shard that
+    /// the backend allows (Kinesis: 5 calls per second per shard).
+    fn min_read_interval(&self) -> std::time::Duration {
+        std::time::Duration::ZERO
+    }
 }
 
 /// Checks a PutRecords request against the service limits, as Kinesis

@@ -146,11 +146,21 @@ pub async fn put_assigns_shards_by_hash_and_growing_sequences(backend: Backend, 
             assert!(seq > &previous, "sequence numbers grow within a shard");
         }
     }
-    // An explicit hash key overrides the partition key's hash.
-    let mut pinned = record("any-key", "pinned");
-    pinned.explicit_hash_key = Some(u128::MAX);
-    let placed = put_all(&backend, &name, vec![pinned]).await;
-    assert_eq!(placed[0].0, shard_for(&shards, u128::MAX));
+    // An explicit hash key overrides the partition key's hash: aim every
+    // record at the first key of the last shard, whatever its partition key.
+    let last_start = shards.last().unwrap().hash_key_range.0;
+    let pinned: Vec<PutRecord> = (0..20)
+        .map(|i| {
+            let mut r = record(&format!("any-key-{i}"), "pinned");
+            r.explicit_hash_key = Some(last_start);
+            r
+        })
+        .collect();
+    let placed = put_all(&backend, &name, pinned).await;
+    assert!(placed
+        .iter()
+        .all(|(shard, _)| shard == shard_for(&shards, last_start)));
+
     backend.delete_stream(&name).await.unwrap();
 }
 

@@ -198,6 +198,7 @@ impl ShardReader {
         let behind = metrics::ROUTER_MILLIS_BEHIND.gauge(&[("shard", &self.shard)]);
         let mut attempt = 0u32;
         let mut iterator: Option<String> = None;
+        let mut last_read = tokio::time::Instant::now();
         tracing::info!(stream = %stream, shard = %self.shard, checkpoint = ?checkpoint, "reading shard");
         while !*shutdown.borrow() {
             let it = match iterator.take() {
@@ -210,6 +211,9 @@ impl ShardReader {
                     }
                 },
             };
+            // Keep to the backend's read rate per shard.
+            tokio::time::sleep_until(last_read + self.streams.min_read_interval()).await;
+            last_read = tokio::time::Instant::now();
             let output = match self
                 .streams
                 .get_records(&it, self.settings.batch_records)
