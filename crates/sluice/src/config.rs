@@ -60,6 +60,38 @@ pub enum BackendConfig {
         #[serde(default = "default_retention")]
         retention_hours: u32,
     },
+    /// Kinesis Data Streams and DynamoDB, credentials from the standard AWS
+    /// chain (environment, profile, container or instance role).
+    Aws(AwsBackendConfig),
+}
+
+#[derive(Clone, Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct AwsBackendConfig {
+    /// Region (default: the SDK's chain, e.g. AWS_REGION).
+    #[serde(default)]
+    pub region: Option<String>,
+    /// Kinesis endpoint URL, for a local API server (default: the SDK's,
+    /// which honours AWS_ENDPOINT_URL_KINESIS).
+    #[serde(default, deserialize_with = "endpoint")]
+    pub kinesis_endpoint: Option<String>,
+    /// DynamoDB endpoint URL (default: the SDK's, which honours AWS_ENDPOINT_URL_DYNAMODB).
+    #[serde(default, deserialize_with = "endpoint")]
+    pub dynamodb_endpoint: Option<String>,
+    /// Create missing streams and tables and wait until they are ACTIVE.
+    /// When false (the default) a missing one stops start-up with its name.
+    #[serde(default)]
+    pub create_missing: bool,
+}
+
+fn endpoint<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
+    let url = String::deserialize(deserializer)?;
+    if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+        return Err(serde::de::Error::custom(format!(
+            "{url:?} is not an http:// or https:// URL"
+        )));
+    }
+    Ok(Some(url))
 }
 
 fn default_retention() -> u32 {
@@ -332,6 +364,16 @@ mod tests {
                 "[backend]\nkind = \"cloud\"\n",
                 "line 2",
                 "unknown variant `cloud`",
+            ),
+            (
+                "[backend]\nkind = \"aws\"\nkinesis_endpoint = \"localhost:4567\"\n",
+                "line 1",
+                "not an http:// or https:// URL",
+            ),
+            (
+                "[backend]\nkind = \"aws\"\nregoin = \"eu-west-1\"\n",
+                "line 1",
+                "unknown field `regoin`",
             ),
             (
                 "[collector]\nmax_event_bytes = 2000000\n",

@@ -34,6 +34,11 @@ struct RunArgs {
     /// Log as JSON lines instead of text.
     #[arg(long)]
     json_logs: bool,
+    /// Backend: `local` (embedded) or `aws` (Kinesis and DynamoDB);
+    /// overrides backend.kind. `aws` without an [backend] aws table in the
+    /// configuration uses the SDK's defaults and creates what is missing.
+    #[arg(long, value_parser = ["local", "aws"])]
+    backend: Option<String>,
 }
 
 #[derive(Subcommand)]
@@ -160,6 +165,10 @@ async fn run_pipeline(args: RunArgs, router: bool) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         router,
+        backend: args.backend.as_deref().map(|kind| match kind {
+            "aws" => sluice::server::BackendKind::Aws,
+            _ => sluice::server::BackendKind::Local,
+        }),
     })
     .await
 }

@@ -13,14 +13,15 @@ use axum::routing::{get, post};
 use axum::Router;
 use tokio::sync::watch;
 
+use sluice_backends::aws::AwsSettings;
 use sluice_backends::local::{LocalBackend, LocalStreamOptions};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::router::RouterOptions;
-use sluice_core::{StreamBackend, StreamError, TableBackend};
+use sluice_core::{StreamBackend, StreamError, TableBackend, TableError};
 
 use crate::auth::{require_token, Tokens};
 use crate::collector::{ingest::IngestRules, post_events, Collector};
-use crate::config::{BackendConfig, Config};
+use crate::config::{AwsBackendConfig, BackendConfig, Config};
 use crate::router::worker::{RouterWorker, WorkerSettings};
 use crate::router::RouteAndDeliver;
 
@@ -32,6 +33,15 @@ pub struct UpOptions {
     /// Run the router too (`sluice up`), or only the collector and read API
     /// (`sluice collector`).
     pub router: bool,
+    /// Overrides `backend.kind` of the configuration.
+    pub backend: Option<BackendKind>,
+}
+
+/// Which backend to run on, from the command line.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BackendKind {
+    Local,
+    Aws,
 }
 
 /// The router worker running in this process, with its output producers.
@@ -99,8 +109,78 @@ impl RunningRouter {
     }
 }
 
-/// Creates the inbound stream and every stream the rules name, if missing.
-pub async fn ensure_streams(streams: &dyn StreamBackend, config: &Config) -> anyhow::Result<()> {
+/// Where streams and tables live for this run.
+struct Store {
+    streams: Arc<dyn StreamBackend>,
+    table: Arc<dyn TableBackend>,
+    create_missing: bool,
+    description: String,
+    /// Holds the embedded store (and its lock) open.
+    _local: Option<LocalBackend>,
+}
+
+impl Store {
+    async fn open(backend: &BackendConfig, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+        match backend {
+            BackendConfig::Local {
+                data_dir: configured,
+                retention_hours,
+            } => {
+                let dir = data_dir
+                    .or_else(|| configured.clone())
+                    .unwrap_or_else(|| PathBuf::from("sluice-data"));
+                let local = LocalBackend::open(
+                    &dir,
+                    LocalStreamOptions {
+                        retention_hours: *retention_hours,
+                        ..LocalStreamOptions::default()
+                    },
+                )?;
+                let _housekeeping = local.spawn_housekeeping(Duration::from_secs(60));
+                Ok(Self {
+                    streams: local.streams.clone(),
+                    table: local.table.clone(),
+                    create_missing: true,
+                    description: format!("data in {}", dir.display()),
+                    _local: Some(local),
+                })
+            }
+            BackendConfig::Aws(aws) => {
+                let settings = AwsSettings {
+                    region: aws.region.clone(),
+                    kinesis_endpoint: aws.kinesis_endpoint.clone(),
+                    dynamodb_endpoint: aws.dynamodb_endpoint.clone(),
+                    wait_active: None,
+                };
+                let (streams, table) = sluice_backends::aws::connect(&settings).await;
+                Ok(Self {
+                    streams: Arc::new(streams),
+                    table: Arc::new(table),
+                    create_missing: aws.create_missing,
+                    description: format!(
+                        "streams on Kinesis{}, tables on DynamoDB{}",
+                        aws.kinesis_endpoint
+                            .as_ref()
+                            .map_or(String::new(), |u| format!(" at {u}")),
+                        aws.dynamodb_endpoint
+                            .as_ref()
+                            .map_or(String::new(), |u| format!(" at {u}")),
+                    ),
+                    _local: None,
+                })
+            }
+        }
+    }
+}
+
+/// Creates the inbound stream and every stream the rules name when they are
+/// missing and `create_missing` allows it; otherwise a missing stream is an
+/// error naming it.
+pub async fn ensure_streams(
+    streams: &dyn StreamBackend,
+    config: &Config,
+    create_missing: bool,
+) -> anyhow::Result<()> {
     let existing = streams.list_streams().await?;
     let mut wanted = vec![(config.inbound.clone(), config.streams.inbound_shards)];
     for name in config.rules().streams() {
@@ -109,6 +189,9 @@ pub async fn ensure_streams(streams: &dyn StreamBackend, config: &Config) -> any
     for (name, shards) in wanted {
         if existing.contains(&name) {
             continue;
+        }
+        if !create_missing {
+            bail!("stream {name} does not exist; create it, or set backend.create_missing = true");
         }
         match streams.create_stream(&name, shards).await {
             Ok(()) | Err(StreamError::AlreadyExists(_)) => {
@@ -178,14 +261,6 @@ async fn shutdown_signal() {
 /// Runs the pipeline until SIGTERM or Ctrl-C, then drains and returns.
 pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let config = options.config;
-    let BackendConfig::Local {
-        data_dir,
-        retention_hours,
-    } = &config.backend;
-    let data_dir = options
-        .data_dir
-        .or_else(|| data_dir.clone())
-        .unwrap_or_else(|| PathBuf::from("sluice-data"));
     let listen = options.listen.unwrap_or(config.collector.listen);
     let tokens = Tokens::new(read_tokens(&config)?);
     if tokens.is_empty() && !listen.ip().is_loopback() {
@@ -193,18 +268,27 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             "refusing to listen on {listen} without authentication: set collector.tokens_env to a variable holding bearer tokens, or listen on 127.0.0.1"
         );
     }
-
-    let backend = LocalBackend::open(
-        &data_dir,
-        LocalStreamOptions {
-            retention_hours: *retention_hours,
-            ..LocalStreamOptions::default()
-        },
-    )?;
-    let _housekeeping = backend.spawn_housekeeping(Duration::from_secs(60));
-    let streams: Arc<dyn StreamBackend> = backend.streams.clone();
-    let table: Arc<dyn TableBackend> = backend.table.clone();
-    ensure_streams(streams.as_ref(), &config).await?;
+    let backend = match (options.backend, &config.backend) {
+        (Some(BackendKind::Aws), BackendConfig::Local { .. }) => {
+            BackendConfig::Aws(AwsBackendConfig {
+                create_missing: true,
+                ..AwsBackendConfig::default()
+            })
+        }
+        (Some(BackendKind::Local), BackendConfig::Aws(_)) => BackendConfig::default(),
+        (_, configured) => configured.clone(),
+    };
+    let store = Store::open(&backend, options.data_dir).await?;
+    let (streams, table) = (store.streams.clone(), store.table.clone());
+    ensure_streams(streams.as_ref(), &config, store.create_missing).await?;
+    if !store.create_missing {
+        // The router's checkpoint table must be there too.
+        if let Err(TableError::TableNotFound(name)) =
+            table.get(&config.router.checkpoint_table, "-").await
+        {
+            bail!("table {name} does not exist; create it, or set backend.create_missing = true");
+        }
+    }
 
     let collector_producer = Producer::start(
         streams.clone(),
@@ -249,7 +333,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         "collector and read API; routing is off"
     };
     println!("sluice is up ({mode}): listening on http://{address}");
-    println!("  data in {}", data_dir.display());
+    println!("  {}", store.description);
     println!("  send events:  curl -H 'content-type: application/json' -d '{{\"type\":\"page_view\",\"payload\":{{}}}}' http://{address}/v1/events");
     println!("  read streams: curl http://{address}/v1/streams");
     axum::serve(listener, app)

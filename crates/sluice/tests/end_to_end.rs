@@ -62,8 +62,13 @@ impl Sluice {
     }
 
     fn start_command(dir: &Path, command: &str) -> Self {
+        Self::start_with(dir, command, CONFIG, &[])
+    }
+
+    /// Starts `sluice COMMAND` with a configuration text and extra environment.
+    fn start_with(dir: &Path, command: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
         let config = dir.join("sluice.toml");
-        std::fs::write(&config, CONFIG).unwrap();
+        std::fs::write(&config, config_text).unwrap();
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -77,14 +82,14 @@ impl Sluice {
             .arg(dir.join("data"))
             .args(["--listen", "127.0.0.1:0"])
             .env("E2E_TOKENS", format!("other-token,{TOKEN}"))
+            .envs(env.iter().copied())
             .stdout(Stdio::piped())
             .stderr(log)
             .spawn()
             .expect("start sluice");
         let stdout = child.stdout.take().unwrap();
         let mut lines = BufReader::new(stdout).lines();
-        let mut banner = String::new();
-        let url = loop {
+        let (url, banner) = loop {
             let line = lines
                 .next()
                 .unwrap_or_else(|| {
@@ -95,8 +100,7 @@ impl Sluice {
                 })
                 .unwrap();
             if let Some(rest) = line.split("listening on ").nth(1) {
-                banner = line.clone();
-                break rest.trim().to_owned();
+                break (rest.trim().to_owned(), line.clone());
             }
         };
         // Keep draining stdout so the process never blocks on it.
@@ -749,5 +753,153 @@ fn a_bad_config_stops_start_up_with_file_line_and_reason() {
         output.status.success(),
         "{}",
         String::from_utf8_lossy(&output.stderr)
+    );
+}
+
+/// Credentials and region for a local API server, through the standard chain.
+const AWS_ENV: [(&str, &str); 4] = [
+    ("AWS_ACCESS_KEY_ID", "test"),
+    ("AWS_SECRET_ACCESS_KEY", "test"),
+    ("AWS_REGION", "us-east-1"),
+    ("AWS_EC2_METADATA_DISABLED", "true"),
+];
+
+fn aws_config(moto: &str, prefix: &str, create_missing: bool) -> String {
+    format!(
+        r#"
+inbound = "{prefix}-inbound"
+[backend]
+kind = "aws"
+kinesis_endpoint = "{moto}"
+dynamodb_endpoint = "{moto}"
+create_missing = {create_missing}
+[streams]
+inbound_shards = 2
+output_shards = 1
+[router]
+checkpoint_table = "{prefix}-checkpoints"
+[collector]
+tokens_env = "E2E_TOKENS"
+[[routes]]
+name = "transactions"
+match = {{ type = ["purchase", "refund"] }}
+to = ["{prefix}-transactions"]
+[[routes]]
+name = "clicks"
+match = {{ type = [{{ prefix = "page_" }}, "click"] }}
+to = ["{prefix}-clicks"]
+[unmatched]
+to = "{prefix}-unrouted"
+[dead_letter]
+to = "{prefix}-dead-letter"
+"#
+    )
+}
+
+fn moto_endpoint() -> String {
+    std::env::var("SLUICE_TEST_MOTO").unwrap_or_else(|_| {
+        panic!("SLUICE_TEST_MOTO is not set: this test needs a running moto server; run ./scripts/test, which installs and starts it")
+    })
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_route_on_the_aws_backend_against_moto() {
+    let moto = moto_endpoint();
+    let prefix = format!("e2e-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with(
+        dir.path(),
+        "up",
+        &aws_config(&moto, &prefix, true),
+        &AWS_ENV,
+    );
+    assert!(
+        sluice.banner.contains("collector, router and read API"),
+        "{}",
+        sluice.banner
+    );
+
+    let kinds = ["purchase", "refund", "page_view", "click", "heartbeat"];
+    let mut expected: BTreeMap<String, Vec<String>> = BTreeMap::new();
+    let mut lines = Vec::new();
+    for i in 0..150 {
+        let kind = kinds[i % kinds.len()];
+        let id = format!("aws-{i}");
+        let stream = match kind {
+            "purchase" | "refund" => "transactions",
+            "page_view" | "click" => "clicks",
+            _ => "unrouted",
+        };
+        expected
+            .entry(format!("{prefix}-{stream}"))
+            .or_default()
+            .push(id.clone());
+        lines.push(format!(
+            r#"{{"type":"{kind}","event_id":"{id}","partition_key":"user-{}","payload":{{ "i" : {i} }}}}"#,
+            i % 13
+        ));
+    }
+    let (status, body) = post(&sluice.url, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(
+        (status, &body),
+        (202, &serde_json::json!({"accepted": 150}))
+    );
+
+    wait_for(Duration::from_secs(60), "routing on moto", || {
+        let (url, expected) = (sluice.url.clone(), expected.clone());
+        async move {
+            for (stream, ids) in &expected {
+                let n = read_stream(&url, stream).await.len();
+                if n < ids.len() {
+                    return Err(format!("{stream}: {n} of {}", ids.len()));
+                }
+            }
+            Ok(())
+        }
+    })
+    .await;
+    for (stream, ids) in &expected {
+        let records = read_stream(&sluice.url, stream).await;
+        let found: BTreeSet<String> = records.iter().map(|r| event_id(r)).collect();
+        assert_eq!(found.len(), records.len(), "{stream} holds each event once");
+        assert_eq!(
+            found,
+            ids.iter().cloned().collect::<BTreeSet<_>>(),
+            "{stream}"
+        );
+        for record in &records {
+            let i: usize = event_id(record)[4..].parse().unwrap();
+            assert_eq!(
+                decode(record).unwrap().payload.unwrap(),
+                format!("{{ \"i\" : {i} }}").as_bytes()
+            );
+        }
+    }
+}
+
+#[test]
+fn on_aws_a_missing_stream_stops_start_up_by_name() {
+    let moto = moto_endpoint();
+    let prefix = format!("missing-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("aws.toml");
+    std::fs::write(&config, aws_config(&moto, &prefix, false)).unwrap();
+    let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "up",
+            "--listen",
+            "127.0.0.1:0",
+            "--config",
+            config.to_str().unwrap(),
+        ])
+        .envs(AWS_ENV)
+        .env("E2E_TOKENS", TOKEN)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains(&format!("stream {prefix}-inbound does not exist")),
+        "{stderr}"
     );
 }

@@ -68,7 +68,7 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
     let streams: Arc<dyn StreamBackend> = backend.streams.clone();
     let table: Arc<dyn TableBackend> = backend.table.clone();
     let config = Config::parse(CONFIG, "test").unwrap();
-    sluice::server::ensure_streams(streams.as_ref(), &config)
+    sluice::server::ensure_streams(streams.as_ref(), &config, true)
         .await
         .unwrap();
 
