@@ -23,6 +23,9 @@ pub struct Faults {
     pub entry_failure_rate: f64,
     /// Fraction of PutRecords calls failed whole as unavailable.
     pub call_failure_rate: f64,
+    /// Fraction of PutRecords calls that write their records and then fail
+    /// as a timeout would: the caller cannot know, retries, and duplicates.
+    pub timeout_rate: f64,
     /// Fraction of calls delayed by up to `max_delay`.
     pub delay_rate: f64,
     pub max_delay: Duration,
@@ -110,6 +113,11 @@ impl StreamBackend for FaultyStreams {
             self.inner.put_records(name, survivors).await?
         }
         .into_iter();
+        if self.roll(self.faults.timeout_rate) {
+            return Err(StreamError::Unavailable(
+                "injected timeout after the write".into(),
+            ));
+        }
         Ok(fail
             .into_iter()
             .map(|failed| {

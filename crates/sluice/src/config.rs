@@ -35,6 +35,29 @@ pub struct Config {
     pub unmatched: Unmatched,
     #[serde(default)]
     pub dead_letter: DeadLetter,
+    /// Fault injection, for tests and drills only.
+    #[serde(default)]
+    pub faults: Option<FaultsConfig>,
+}
+
+/// Makes the stream backend misbehave at the given rates (0 to 1): failed
+/// PutRecords entries (throttled), failed calls, calls that write and then
+/// time out, and delays. Seeded, so a run can be repeated.
+#[derive(Clone, Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FaultsConfig {
+    #[serde(default)]
+    pub entry_failure_rate: f64,
+    #[serde(default)]
+    pub call_failure_rate: f64,
+    #[serde(default)]
+    pub timeout_rate: f64,
+    #[serde(default)]
+    pub delay_rate: f64,
+    #[serde(default)]
+    pub max_delay_ms: u64,
+    #[serde(default)]
+    pub seed: u64,
 }
 
 fn default_inbound() -> String {
@@ -317,6 +340,21 @@ impl Config {
         ] {
             if shards == 0 || shards > 1024 {
                 return Err(format!("{key}: expected 1 to 1024, found {shards}"));
+            }
+        }
+        if let Some(f) = &self.faults {
+            let rates = [
+                ("faults.entry_failure_rate", f.entry_failure_rate),
+                ("faults.call_failure_rate", f.call_failure_rate),
+                ("faults.timeout_rate", f.timeout_rate),
+                ("faults.delay_rate", f.delay_rate),
+            ];
+            for (key, rate) in rates {
+                if !(0.0..=1.0).contains(&rate) {
+                    return Err(format!(
+                        "{key}: expected a fraction from 0 to 1, found {rate}"
+                    ));
+                }
             }
         }
         let rules = self.rules();

@@ -14,6 +14,7 @@ use axum::Router;
 use tokio::sync::watch;
 
 use sluice_backends::aws::AwsSettings;
+use sluice_backends::fault::{Faults, FaultyStreams};
 use sluice_backends::local::{LocalBackend, LocalStreamOptions};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::router::RouterOptions;
@@ -279,7 +280,25 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         (_, configured) => configured.clone(),
     };
     let store = Store::open(&backend, options.data_dir).await?;
-    let (streams, table) = (store.streams.clone(), store.table.clone());
+    let (mut streams, table) = (store.streams.clone(), store.table.clone());
+    if let Some(f) = &config.faults {
+        tracing::warn!(
+            ?f,
+            "fault injection is on: PutRecords will fail, time out and slow down on purpose"
+        );
+        streams = Arc::new(FaultyStreams::new(
+            streams,
+            Faults {
+                entry_failure_rate: f.entry_failure_rate,
+                call_failure_rate: f.call_failure_rate,
+                timeout_rate: f.timeout_rate,
+                delay_rate: f.delay_rate,
+                max_delay: Duration::from_millis(f.max_delay_ms),
+                seed: f.seed,
+                stall: None,
+            },
+        ));
+    }
     ensure_streams(streams.as_ref(), &config, store.create_missing).await?;
     if !store.create_missing {
         // The router's checkpoint table must be there too.

@@ -324,11 +324,13 @@ async fn run_shard(inner: Arc<Inner>, shard: usize) {
         inner.calls.inc();
         let outcome = inner.backend.put_records(&inner.stream, records).await;
         let mut retry = Vec::new();
+        let mut progressed = false;
         match outcome {
             Ok(results) if results.len() == batch.len() => {
                 for (pending, result) in batch.into_iter().zip(results) {
                     match result {
                         PutResult::Ok { .. } => {
+                            progressed = true;
                             inner.records.inc();
                             pending.completion.resolve(Ok(()));
                         }
@@ -365,8 +367,13 @@ async fn run_shard(inner: Arc<Inner>, shard: usize) {
                 }
             }
         }
-        if retry.is_empty() {
+        // Back off harder only while calls make no progress at all (the shard
+        // is throttled or the service is unavailable); a call that stored some
+        // records retries the rest after a short jittered pause.
+        if retry.is_empty() || progressed {
             attempt = 0;
+        }
+        if retry.is_empty() {
             continue;
         }
         {
