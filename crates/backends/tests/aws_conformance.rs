@@ -8,67 +8,21 @@
 //! shards, so resharding is checked on kinesalite only.
 
 use std::sync::Arc;
-use std::time::Duration;
 
-use sluice_backends::aws::{AwsStreams, AwsTables};
+use sluice_backends::conformance::servers::{dynamodb, kinesalite, kinesis, moto};
 use sluice_backends::{stream_conformance, table_conformance};
 use sluice_core::{StreamBackend, TableBackend};
 
-fn endpoint(variable: &str, server: &str) -> String {
-    std::env::var(variable).unwrap_or_else(|_| {
-        panic!(
-            "{variable} is not set: this test needs a running {server} server. \
-             Run ./scripts/test, which installs and starts it, or start one on 127.0.0.1 and set {variable}=http://127.0.0.1:PORT"
-        )
-    })
-}
-
-fn kinesis(url: &str) -> AwsStreams {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .endpoint_url(url)
-        .build();
-    AwsStreams::new(
-        aws_sdk_kinesis::Client::from_conf(config),
-        Duration::from_secs(30),
-    )
-}
-
-fn dynamodb(url: &str) -> AwsTables {
-    let config = aws_sdk_dynamodb::Config::builder()
-        .behavior_version(aws_sdk_dynamodb::config::BehaviorVersion::latest())
-        .region(aws_sdk_dynamodb::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_dynamodb::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .endpoint_url(url)
-        .build();
-    AwsTables::new(
-        aws_sdk_dynamodb::Client::from_conf(config),
-        Duration::from_secs(30),
-    )
-}
-
 async fn moto_streams() -> (Arc<dyn StreamBackend>, ()) {
-    (Arc::new(kinesis(&endpoint("SLUICE_TEST_MOTO", "moto"))), ())
+    (Arc::new(kinesis(&moto())), ())
 }
 
 async fn moto_tables() -> (Arc<dyn TableBackend>, ()) {
-    (
-        Arc::new(dynamodb(&endpoint("SLUICE_TEST_MOTO", "moto"))),
-        (),
-    )
+    (Arc::new(dynamodb(&moto())), ())
 }
 
 async fn kinesalite_streams() -> (Arc<dyn StreamBackend>, ()) {
-    (
-        Arc::new(kinesis(&endpoint("SLUICE_TEST_KINESALITE", "kinesalite"))),
-        (),
-    )
+    (Arc::new(kinesis(&kinesalite())), ())
 }
 
 mod moto_stream {

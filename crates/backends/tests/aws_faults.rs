@@ -6,32 +6,11 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_backends::aws::AwsStreams;
+use sluice_backends::conformance::servers::{kinesis, moto};
 use sluice_client::{ProduceError, Producer, ProducerConfig};
 use sluice_core::retry::Backoff;
 use sluice_core::stream::{PutRecord, StartPosition, StreamError};
 use sluice_core::StreamBackend;
-
-fn kinesis(url: &str) -> AwsStreams {
-    let config = aws_sdk_kinesis::Config::builder()
-        .behavior_version(aws_sdk_kinesis::config::BehaviorVersion::latest())
-        .region(aws_sdk_kinesis::config::Region::new("us-east-1"))
-        .credentials_provider(aws_sdk_kinesis::config::Credentials::new(
-            "test", "test", None, None, "tests",
-        ))
-        .endpoint_url(url)
-        .build();
-    AwsStreams::new(
-        aws_sdk_kinesis::Client::from_conf(config),
-        Duration::from_secs(30),
-    )
-}
-
-fn moto() -> String {
-    std::env::var("SLUICE_TEST_MOTO").unwrap_or_else(|_| {
-        panic!("SLUICE_TEST_MOTO is not set: this test needs a running moto server; run ./scripts/test, which installs and starts it")
-    })
-}
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_retryable_error_in_bounded_time() {

@@ -6,6 +6,7 @@
 //! them into one test each for a given backend fixture. Resharding checks
 //! are listed apart, for servers that do not implement splits correctly.
 
+pub mod servers;
 pub mod stream;
 pub mod table;
 
