@@ -45,7 +45,7 @@ start_servers() {
   local logs
   logs=$(mktemp -d)
   trap stop_servers EXIT
-  local moto_port kinesalite_port
+  local moto_port moto_auth_port kinesalite_port
   moto_port=$(free_port)
   .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" > "$logs/moto.log" 2>&1 &
   server_pids+=($!)
@@ -53,9 +53,16 @@ start_servers() {
   KINESALITE_MODULE="$PWD/.tools/node_modules/kinesalite" \
     node scripts/kinesalite.js "$kinesalite_port" > "$logs/kinesalite.log" 2>&1 &
   server_pids+=($!)
+  # A second moto that checks credentials (and knows none), for the
+  # wrong-credentials tests.
+  moto_auth_port=$(free_port)
+  INITIAL_NO_AUTH_ACTION_COUNT=0 .venv/bin/moto_server -H 127.0.0.1 -p "$moto_auth_port" > "$logs/moto-auth.log" 2>&1 &
+  server_pids+=($!)
   wait_for_port moto "$moto_port" "$logs/moto.log"
+  wait_for_port moto-auth "$moto_auth_port" "$logs/moto-auth.log"
   wait_for_port kinesalite "$kinesalite_port" "$logs/kinesalite.log"
   export SLUICE_TEST_MOTO="http://127.0.0.1:$moto_port"
   export SLUICE_TEST_KINESALITE="http://127.0.0.1:$kinesalite_port"
+  export SLUICE_TEST_MOTO_AUTH="http://127.0.0.1:$moto_auth_port"
   echo "moto on $SLUICE_TEST_MOTO, kinesalite on $SLUICE_TEST_KINESALITE"
 }

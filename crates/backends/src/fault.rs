@@ -1,7 +1,7 @@
 //! Fault injection: a stream backend wrapper that fails a chosen fraction of
 //! PutRecords entries with ProvisionedThroughputExceeded, fails a fraction of
-//! whole calls as unavailable, and delays calls, all from a seed, so a run
-//! can be repeated exactly.
+//! whole calls as unavailable, throttles reads and expires shard iterators,
+//! and delays calls, all from a seed, so a run can be repeated exactly.
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -26,6 +26,12 @@ pub struct Faults {
     /// Fraction of PutRecords calls that write their records and then fail
     /// as a timeout would: the caller cannot know, retries, and duplicates.
     pub timeout_rate: f64,
+    /// Fraction of GetRecords calls failed as throttled
+    /// (ProvisionedThroughputExceeded on reads).
+    pub read_throttle_rate: f64,
+    /// Fraction of GetRecords calls failed with an expired iterator, as
+    /// Kinesis does for an iterator older than five minutes.
+    pub expired_iterator_rate: f64,
     /// Fraction of calls delayed by up to `max_delay`.
     pub delay_rate: f64,
     pub max_delay: Duration,
@@ -146,6 +152,16 @@ impl StreamBackend for FaultyStreams {
         limit: usize,
     ) -> Result<GetRecordsOutput, StreamError> {
         self.maybe_delay().await;
+        if self.roll(self.faults.read_throttle_rate) {
+            return Err(StreamError::Throttled(
+                "injected: read rate exceeded for shard".into(),
+            ));
+        }
+        if self.roll(self.faults.expired_iterator_rate) {
+            return Err(StreamError::ExpiredIterator(
+                "injected: iterator expired".into(),
+            ));
+        }
         self.inner.get_records(iterator, limit).await
     }
     async fn split_shard(&self, name: &str, shard_id: &str, at: u128) -> Result<(), StreamError> {

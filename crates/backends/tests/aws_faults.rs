@@ -1,16 +1,18 @@
-//! The AWS backend when things go wrong: an endpoint nobody listens on and
-//! a stream deleted while in use give clear, typed errors in bounded time,
-//! never a hang. Runs against the moto server that ./scripts/test starts.
+//! The AWS backend when things go wrong: an endpoint nobody listens on, a
+//! stream deleted while in use and refused credentials give clear, typed
+//! errors in bounded time, never a hang. Runs against the moto servers that
+//! ./scripts/test starts (one of them checks credentials).
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use sluice_backends::conformance::servers::{kinesis, moto};
+use sluice_backends::conformance::servers::{dynamodb, kinesis, moto, moto_checking_credentials};
 use sluice_client::{ProduceError, Producer, ProducerConfig};
-use sluice_core::retry::Backoff;
+use sluice_core::retry::{Backoff, Retryable};
 use sluice_core::stream::{PutRecord, StartPosition, StreamError};
-use sluice_core::StreamBackend;
+use sluice_core::table::TableError;
+use sluice_core::{StreamBackend, TableBackend};
 
 #[tokio::test]
 async fn an_unreachable_endpoint_is_a_retryable_error_in_bounded_time() {
@@ -72,4 +74,26 @@ async fn a_stream_deleted_while_in_use_gives_not_found_errors() {
         streams.get_records(&iterator, 10).await.is_err(),
         "reading a deleted stream fails"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn refused_credentials_are_a_typed_error_that_is_not_retried() {
+    let url = moto_checking_credentials();
+    let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&url));
+    let err = streams.list_streams().await.unwrap_err();
+    let StreamError::AccessDenied(reason) = &err else {
+        panic!("expected access denied, got {err:?}")
+    };
+    assert!(reason.contains("InvalidClientTokenId"), "{reason}");
+    assert!(!err.is_retryable(), "no retry fixes credentials");
+    let err = streams
+        .put_records("any", vec![PutRecord::new("k", Bytes::from_static(b"v"))])
+        .await
+        .unwrap_err();
+    assert!(matches!(err, StreamError::AccessDenied(_)), "{err:?}");
+
+    let tables = dynamodb(&url);
+    let err = tables.get("any", "k").await.unwrap_err();
+    assert!(matches!(err, TableError::AccessDenied(_)), "{err:?}");
+    assert!(!err.is_retryable());
 }

@@ -144,6 +144,10 @@ pub enum StreamError {
     Throttled(String),
     #[error("backend unavailable: {0}")]
     Unavailable(String),
+    /// Credentials missing or refused, or the action not allowed: fixing it
+    /// takes a person, not a retry.
+    #[error("access denied ({0}); check the AWS credentials and the IAM policy")]
+    AccessDenied(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

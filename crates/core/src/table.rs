@@ -67,6 +67,9 @@ pub enum TableError {
     Throttled(String),
     #[error("table backend unavailable: {0}")]
     Unavailable(String),
+    /// Credentials missing or refused, or the action not allowed.
+    #[error("access denied ({0}); check the AWS credentials and the IAM policy")]
+    AccessDenied(String),
     #[error("storage error: {0}")]
     Storage(String),
 }

@@ -40,9 +40,10 @@ pub struct Config {
     pub faults: Option<FaultsConfig>,
 }
 
-/// Makes the stream backend misbehave at the given rates (0 to 1): failed
-/// PutRecords entries (throttled), failed calls, calls that write and then
-/// time out, and delays. Seeded, so a run can be repeated.
+/// Makes the pipeline's stream backend misbehave at the given rates (0 to 1):
+/// failed PutRecords entries (throttled), failed calls, calls that write and
+/// then time out, throttled GetRecords, expired shard iterators, and delays.
+/// Seeded, so a run can be repeated. The read API is left undisturbed.
 #[derive(Clone, Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FaultsConfig {
@@ -52,6 +53,10 @@ pub struct FaultsConfig {
     pub call_failure_rate: f64,
     #[serde(default)]
     pub timeout_rate: f64,
+    #[serde(default)]
+    pub read_throttle_rate: f64,
+    #[serde(default)]
+    pub expired_iterator_rate: f64,
     #[serde(default)]
     pub delay_rate: f64,
     #[serde(default)]
@@ -347,6 +352,8 @@ impl Config {
                 ("faults.entry_failure_rate", f.entry_failure_rate),
                 ("faults.call_failure_rate", f.call_failure_rate),
                 ("faults.timeout_rate", f.timeout_rate),
+                ("faults.read_throttle_rate", f.read_throttle_rate),
+                ("faults.expired_iterator_rate", f.expired_iterator_rate),
                 ("faults.delay_rate", f.delay_rate),
             ];
             for (key, rate) in rates {

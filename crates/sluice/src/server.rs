@@ -292,6 +292,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
                 entry_failure_rate: f.entry_failure_rate,
                 call_failure_rate: f.call_failure_rate,
                 timeout_rate: f.timeout_rate,
+                read_throttle_rate: f.read_throttle_rate,
+                expired_iterator_rate: f.expired_iterator_rate,
                 delay_rate: f.delay_rate,
                 max_delay: Duration::from_millis(f.max_delay_ms),
                 seed: f.seed,
@@ -338,7 +340,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
 
     let app = http_routes(
         collector,
-        streams.clone(),
+        store.streams.clone(),
         tokens,
         config.collector.max_body_bytes,
     );

@@ -878,6 +878,58 @@ async fn events_route_on_the_aws_backend_against_moto() {
 }
 
 #[test]
+fn on_aws_refused_or_missing_credentials_stop_start_up_with_the_reason() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("aws.toml");
+    let start_up = |endpoint: &str, env: &[(&str, &str)]| {
+        std::fs::write(&config, aws_config(endpoint, "creds", true)).unwrap();
+        let output = Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args(["up", "--listen", "127.0.0.1:0", "--config"])
+            .arg(&config)
+            .env_remove("AWS_ACCESS_KEY_ID")
+            .env_remove("AWS_SECRET_ACCESS_KEY")
+            .env_remove("AWS_SESSION_TOKEN")
+            .env_remove("AWS_PROFILE")
+            .env("AWS_CONFIG_FILE", dir.path().join("no-config"))
+            .env(
+                "AWS_SHARED_CREDENTIALS_FILE",
+                dir.path().join("no-credentials"),
+            )
+            .env("AWS_REGION", "us-east-1")
+            .env("AWS_EC2_METADATA_DISABLED", "true")
+            .envs(env.iter().copied())
+            .env("E2E_TOKENS", TOKEN)
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&output.stderr).into_owned();
+        assert_eq!(output.status.code(), Some(1), "{stderr}");
+        stderr
+    };
+
+    // A server that checks credentials refuses these keys.
+    let refused = start_up(
+        &std::env::var("SLUICE_TEST_MOTO_AUTH").unwrap_or_else(|_| {
+            panic!("SLUICE_TEST_MOTO_AUTH is not set: this test needs the credential-checking moto server; run ./scripts/test, which starts it")
+        }),
+        &[("AWS_ACCESS_KEY_ID", "AKIAWRONG"), ("AWS_SECRET_ACCESS_KEY", "wrong")],
+    );
+    assert!(refused.contains("access denied"), "{refused}");
+    assert!(refused.contains("InvalidClientTokenId"), "{refused}");
+    assert!(refused.contains("check the AWS credentials"), "{refused}");
+    assert!(
+        !refused.contains("wrong"),
+        "the secret is not logged: {refused}"
+    );
+
+    // No credentials anywhere in the chain.
+    let missing = start_up(&moto_endpoint(), &[]);
+    assert!(
+        missing.contains("no AWS credentials could be loaded"),
+        "{missing}"
+    );
+}
+
+#[test]
 fn on_aws_a_missing_stream_stops_start_up_by_name() {
     let moto = moto_endpoint();
     let prefix = format!("missing-{}", std::process::id());
@@ -904,13 +956,37 @@ fn on_aws_a_missing_stream_stops_start_up_by_name() {
     );
 }
 
+/// Failed and timed-out writes, throttled reads and expired iterators.
+const FAULTS: &str = "\n[faults]\nentry_failure_rate = 0.3\ncall_failure_rate = 0.05\ntimeout_rate = 0.05\nread_throttle_rate = 0.1\nexpired_iterator_rate = 0.1\ndelay_rate = 0.2\nmax_delay_ms = 20\nseed = 42\n";
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_failures_lose_nothing_and_keep_order_per_key() {
     let dir = tempfile::tempdir().unwrap();
-    let config = format!(
-        "{CONFIG}\n[faults]\nentry_failure_rate = 0.3\ncall_failure_rate = 0.05\ntimeout_rate = 0.05\ndelay_rate = 0.2\nmax_delay_ms = 20\nseed = 42\n"
-    );
+    let config = format!("{CONFIG}{FAULTS}");
     let sluice = Sluice::start_with(dir.path(), "up", &config, &[]);
+    faults_lose_nothing(&sluice, dir.path(), "inbound", "clickstream").await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn injected_failures_lose_nothing_on_the_aws_backend_against_moto() {
+    let moto = moto_endpoint();
+    let prefix = format!("e2e-faults-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let config = format!("{}{FAULTS}", aws_config(&moto, &prefix, true));
+    let sluice = Sluice::start_with(dir.path(), "up", &config, &AWS_ENV);
+    faults_lose_nothing(
+        &sluice,
+        dir.path(),
+        &format!("{prefix}-inbound"),
+        &format!("{prefix}-clicks"),
+    )
+    .await;
+}
+
+/// Posts click events of 80 keys under the injected faults, then checks that
+/// every acknowledged event was routed, in order per key, and that the
+/// faults really happened.
+async fn faults_lose_nothing(sluice: &Sluice, dir: &Path, inbound: &str, clicks: &str) {
     // Four senders, each with its own 20 keys; every event carries its
     // position in its key's sequence.
     let mut senders = Vec::new();
@@ -937,10 +1013,38 @@ async fn injected_failures_lose_nothing_and_keep_order_per_key() {
     for sender in senders {
         sent.extend(sender.await.unwrap());
     }
-    wait_for(Duration::from_secs(90), "every event to be routed", || {
-        let (url, sent) = (sluice.url.clone(), sent.clone());
+    // Once the router has met both read faults, send more: they must come
+    // through the recovered readers too.
+    let log = dir.join("sluice.log");
+    wait_for(Duration::from_secs(60), "injected read faults", || {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        let seen = (
+            text.contains("shard iterator expired; resuming after the checkpoint"),
+            text.contains("read rate exceeded"),
+        );
         async move {
-            let routed: BTreeSet<String> = read_stream(&url, "clickstream")
+            match seen {
+                (true, true) => Ok(()),
+                (expired, throttled) => Err(format!(
+                    "expired iterator seen: {expired}, throttled read seen: {throttled}"
+                )),
+            }
+        }
+    })
+    .await;
+    let lines: Vec<String> = (0..40)
+        .map(|i| {
+            let id = format!("s9-b0-{i}");
+            sent.insert(id.clone());
+            format!(r#"{{"type":"click","event_id":"{id}","partition_key":"s9-k{}","headers":{{"n":{}}}}}"#, i % 20, i / 20)
+        })
+        .collect();
+    let (status, body) = post(&sluice.url, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(status, 202, "{body}");
+    wait_for(Duration::from_secs(90), "every event to be routed", || {
+        let (url, sent, clicks) = (sluice.url.clone(), sent.clone(), clicks.to_owned());
+        async move {
+            let routed: BTreeSet<String> = read_stream(&url, &clicks)
                 .await
                 .iter()
                 .map(|r| event_id(r))
@@ -954,18 +1058,18 @@ async fn injected_failures_lose_nothing_and_keep_order_per_key() {
         }
     })
     .await;
-    let inbound: BTreeSet<String> = read_stream(&sluice.url, "inbound")
+    let stored: BTreeSet<String> = read_stream(&sluice.url, inbound)
         .await
         .iter()
         .map(|r| event_id(r))
         .collect();
     assert!(
-        sent.is_subset(&inbound),
+        sent.is_subset(&stored),
         "every acknowledged event is in the inbound stream"
     );
 
     // Order per key: the first time each event appears, its key's positions rise.
-    let records = read_stream(&sluice.url, "clickstream").await;
+    let records = read_stream(&sluice.url, clicks).await;
     let mut seen = HashSet::new();
     let mut last: BTreeMap<String, f64> = BTreeMap::new();
     let mut duplicates = 0;
@@ -1003,7 +1107,11 @@ async fn injected_failures_lose_nothing_and_keep_order_per_key() {
         .unwrap();
     let failed: u64 = metrics
         .lines()
-        .filter(|l| l.starts_with("sluice_put_records_failed_entries_total{stream=\"inbound\"}"))
+        .filter(|l| {
+            l.starts_with(&format!(
+                "sluice_put_records_failed_entries_total{{stream=\"{inbound}\"}}"
+            ))
+        })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
         .sum();
     assert!(failed > 0, "the faults were really injected: {metrics}");

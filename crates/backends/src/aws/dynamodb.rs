@@ -17,7 +17,7 @@ use aws_sdk_dynamodb::Client;
 use sluice_core::table::{is_expired, AttrValue, Condition, Item, TableError, EXPIRES_AT};
 use sluice_core::TableBackend;
 
-use super::wait_until;
+use super::{access_problem, describe, wait_until};
 
 /// The partition key attribute of every table.
 pub const KEY: &str = "pk";
@@ -36,13 +36,16 @@ fn now_secs() -> i64 {
         .unwrap_or(0)
 }
 
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     table: &str,
     err: SdkError<E>,
 ) -> TableError {
+    if let Some(problem) = access_problem(&err) {
+        return TableError::AccessDenied(format!("DynamoDB, table {table}: {problem}"));
+    }
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            TableError::Unavailable(format!("{err:?}"))
+            TableError::Unavailable(describe(&err))
         }
         SdkError::ServiceError(service) => {
             let inner = service.err();
@@ -65,7 +68,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                 }
             }
         }
-        _ => TableError::Storage(format!("{err:?}")),
+        _ => TableError::Storage(describe(&err)),
     }
 }
 

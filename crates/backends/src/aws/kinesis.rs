@@ -15,7 +15,7 @@ use sluice_core::stream::{
 };
 use sluice_core::{SequenceNumber, StreamBackend};
 
-use super::wait_until;
+use super::{access_problem, describe, wait_until};
 
 /// Kinesis Data Streams behind the stream trait.
 #[derive(Clone)]
@@ -26,13 +26,16 @@ pub struct AwsStreams {
 
 /// Maps an SDK error to the stream error it stands for. Service errors are
 /// told apart by the error codes of the Kinesis API.
-fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
+fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     stream: &str,
     err: SdkError<E>,
 ) -> StreamError {
+    if let Some(problem) = access_problem(&err) {
+        return StreamError::AccessDenied(format!("Kinesis, stream {stream}: {problem}"));
+    }
     match &err {
         SdkError::TimeoutError(_) | SdkError::DispatchFailure(_) | SdkError::ResponseError(_) => {
-            StreamError::Unavailable(format!("{err:?}"))
+            StreamError::Unavailable(describe(&err))
         }
         SdkError::ServiceError(service) => {
             let inner = service.err();
@@ -51,11 +54,6 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                 Some("InvalidArgumentException" | "ValidationException") => {
                     StreamError::InvalidArgument(message)
                 }
-                Some(
-                    "AccessDeniedException"
-                    | "UnrecognizedClientException"
-                    | "InvalidSignatureException",
-                ) => StreamError::Storage(format!("access denied: {message}")),
                 code => {
                     let status = service.raw().status().as_u16();
                     if status >= 500 {
@@ -66,7 +64,7 @@ fn classify<E: ProvideErrorMetadata + std::fmt::Debug>(
                 }
             }
         }
-        _ => StreamError::Storage(format!("{err:?}")),
+        _ => StreamError::Storage(describe(&err)),
     }
 }
 

@@ -1,6 +1,6 @@
 //! Clients for the local Kinesis and DynamoDB API servers that the test
 //! command starts, with static test credentials. The servers' addresses come
-//! from SLUICE_TEST_MOTO and SLUICE_TEST_KINESALITE; a test that needs one
+//! from SLUICE_TEST_MOTO, SLUICE_TEST_MOTO_AUTH and SLUICE_TEST_KINESALITE; a test that needs one
 //! that is not set fails with a message saying how to start it.
 
 use std::time::Duration;
@@ -20,6 +20,15 @@ pub fn endpoint(variable: &str, server: &str) -> String {
 /// The moto server's address.
 pub fn moto() -> String {
     endpoint("SLUICE_TEST_MOTO", "moto")
+}
+
+/// A second moto server that checks credentials, as AWS does: it knows no
+/// access key, so every signed call is refused.
+pub fn moto_checking_credentials() -> String {
+    endpoint(
+        "SLUICE_TEST_MOTO_AUTH",
+        "moto (with INITIAL_NO_AUTH_ACTION_COUNT=0)",
+    )
 }
 
 /// The kinesalite server's address.

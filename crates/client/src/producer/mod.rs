@@ -3,10 +3,12 @@
 //!
 //! PutRecords can fail some entries and not others, so retrying a failed
 //! record after later records of its key succeeded would reorder the key.
-//! The producer prevents it the way the design asks: one queue and at most
-//! one call in flight per shard, and never two records of one partition key
-//! in the same call. A failed entry goes back to the front of its queue, so
-//! it is the next of its key to be sent.
+//! The producer prevents it the way the design asks: one queue (a lane) per
+//! shard, at most one call in flight holding records of a lane, and never two
+//! records of one partition key in the same call. A failed entry goes back to
+//! the front of its lane, so it is the next of its key to be sent. One call
+//! takes records of every free lane, as PutRecords accepts records of any
+//! shard, so calls stay full without waiting.
 
 use std::collections::{HashSet, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -101,22 +103,38 @@ impl Completion {
 
 struct Pending {
     record: PutRecord,
+    lane: usize,
     completion: Arc<Completion>,
     since: Instant,
 }
 
-struct ShardQueue {
-    queue: Mutex<VecDeque<Pending>>,
-    wake: Notify,
+/// The queue of one open shard.
+#[derive(Default)]
+struct Lane {
+    queue: VecDeque<Pending>,
+    /// A call holds records of this lane.
+    busy: bool,
+    /// Calls in a row whose failed entries of this lane made no progress.
+    attempt: u32,
+    /// Not before this time (backing off after failed entries).
+    ready_at: Option<Instant>,
+}
+
+struct Lanes {
+    lanes: Vec<Lane>,
+    /// Where the next call starts taking records, so every lane gets a turn.
+    next: usize,
+    in_flight: usize,
 }
 
 struct Inner {
     stream: String,
     backend: Arc<dyn StreamBackend>,
     config: ProducerConfig,
-    /// Start of each open shard's hash range, ascending; index = queue.
+    /// Start of each open shard's hash range, ascending; index = lane.
     starts: Vec<u128>,
-    queues: Vec<ShardQueue>,
+    lanes: Mutex<Lanes>,
+    wake: Notify,
     closed: AtomicBool,
     calls: Counter,
     records: Counter,
@@ -128,11 +146,11 @@ struct Inner {
 #[derive(Clone)]
 pub struct Producer {
     inner: Arc<Inner>,
-    workers: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    dispatcher: Arc<Mutex<Option<JoinHandle<()>>>>,
 }
 
 impl Producer {
-    /// Starts a producer for `stream`, one worker per open shard.
+    /// Starts a producer for `stream`, with one lane per open shard.
     pub async fn start(
         backend: Arc<dyn StreamBackend>,
         stream: &str,
@@ -159,26 +177,23 @@ impl Producer {
             stream: stream.to_owned(),
             backend,
             config: config.clamped(),
-            queues: starts
-                .iter()
-                .map(|_| ShardQueue {
-                    queue: Mutex::new(VecDeque::new()),
-                    wake: Notify::new(),
-                })
-                .collect(),
+            lanes: Mutex::new(Lanes {
+                lanes: starts.iter().map(|_| Lane::default()).collect(),
+                next: 0,
+                in_flight: 0,
+            }),
             starts,
+            wake: Notify::new(),
             closed: AtomicBool::new(false),
             calls: metrics::PUT_CALLS.counter(&labels),
             records: metrics::PUT_RECORDS.counter(&labels),
             failed_entries: metrics::PUT_FAILED_ENTRIES.counter(&labels),
             given_up: metrics::PUT_GIVEN_UP.counter(&labels),
         });
-        let workers = (0..inner.queues.len())
-            .map(|shard| tokio::spawn(run_shard(inner.clone(), shard)))
-            .collect();
+        let dispatcher = tokio::spawn(dispatch(inner.clone()));
         Ok(Self {
             inner,
-            workers: Arc::new(Mutex::new(workers)),
+            dispatcher: Arc::new(Mutex::new(Some(dispatcher))),
         })
     }
 
@@ -203,29 +218,23 @@ impl Producer {
             done: Mutex::new(Some(done)),
         });
         let since = Instant::now();
-        let mut touched = vec![false; self.inner.queues.len()];
-        for record in records {
-            let shard = self
-                .inner
-                .starts
-                .partition_point(|s| *s <= record.hash_key())
-                - 1;
-            touched[shard] = true;
-            self.inner.queues[shard]
-                .queue
-                .lock()
-                .expect("queue lock")
-                .push_back(Pending {
+        {
+            let mut lanes = self.inner.lanes.lock().expect("lanes lock");
+            for record in records {
+                let lane = self
+                    .inner
+                    .starts
+                    .partition_point(|s| *s <= record.hash_key())
+                    - 1;
+                lanes.lanes[lane].queue.push_back(Pending {
                     record,
+                    lane,
                     completion: completion.clone(),
                     since,
                 });
-        }
-        for (shard, touched) in touched.into_iter().enumerate() {
-            if touched {
-                self.inner.queues[shard].wake.notify_one();
             }
         }
+        self.inner.wake.notify_one();
         finished
             .await
             .map_err(|_| ProduceError::Closed(self.inner.stream.clone()))?
@@ -234,28 +243,25 @@ impl Producer {
     /// Stops taking records, sends everything queued, and waits for it.
     pub async fn close(&self) {
         self.inner.closed.store(true, Ordering::Release);
-        for queue in &self.inner.queues {
-            queue.wake.notify_one();
-        }
-        let workers: Vec<_> = self
-            .workers
-            .lock()
-            .expect("workers lock")
-            .drain(..)
-            .collect();
-        for worker in workers {
-            let _ = worker.await;
+        self.inner.wake.notify_one();
+        let dispatcher = self.dispatcher.lock().expect("dispatcher lock").take();
+        if let Some(dispatcher) = dispatcher {
+            let _ = dispatcher.await;
         }
     }
 }
 
-/// Takes the next call's records: in queue order, skipping any record whose
-/// key is already in the call (it and its key's later records wait).
-fn take_batch(queue: &mut VecDeque<Pending>, max_records: usize, max_bytes: usize) -> Vec<Pending> {
-    let mut batch = Vec::new();
-    let mut keys: HashSet<String> = HashSet::new();
+/// Takes records of one lane for a call: in queue order, skipping any record
+/// whose key is already in the call (it and its key's later records wait).
+fn take_from_lane(
+    queue: &mut VecDeque<Pending>,
+    batch: &mut Vec<Pending>,
+    keys: &mut HashSet<String>,
+    bytes: &mut usize,
+    max_records: usize,
+    max_bytes: usize,
+) {
     let mut kept = VecDeque::new();
-    let mut bytes = 0usize;
     // Look a bounded distance past skipped records, so a queue of one hot
     // key does not cost a full scan per call.
     let mut budget = max_records * 4;
@@ -263,7 +269,7 @@ fn take_batch(queue: &mut VecDeque<Pending>, max_records: usize, max_bytes: usiz
         let size = put_entry_bytes(&pending.record.partition_key, pending.record.data.len());
         if batch.len() == max_records
             || budget == 0
-            || (bytes + size > max_bytes && !batch.is_empty())
+            || (*bytes + size > max_bytes && !batch.is_empty())
         {
             queue.push_front(pending);
             break;
@@ -274,117 +280,203 @@ fn take_batch(queue: &mut VecDeque<Pending>, max_records: usize, max_bytes: usiz
             continue;
         }
         keys.insert(pending.record.partition_key.clone());
-        bytes += size;
+        *bytes += size;
         batch.push(pending);
     }
     while let Some(pending) = kept.pop_back() {
         queue.push_front(pending);
     }
-    batch
 }
 
-async fn run_shard(inner: Arc<Inner>, shard: usize) {
-    let lane = &inner.queues[shard];
-    let mut attempt: u32 = 0;
-    loop {
-        // Wait for records, or for the end; linger only for a part-full call.
-        let linger_from = loop {
-            let notified = lane.wake.notified();
-            let (oldest, len) = {
-                let queue = lane.queue.lock().expect("queue lock");
-                (queue.front().map(|p| p.since), queue.len())
-            };
-            match oldest {
-                Some(_)
-                    if len >= inner.config.max_batch_records
-                        || inner.closed.load(Ordering::Acquire) =>
-                {
-                    break None
-                }
-                Some(since) => break Some(since),
-                None if inner.closed.load(Ordering::Acquire) => return,
-                None => notified.await,
-            }
-        };
-        if let Some(since) = linger_from {
-            tokio::time::sleep_until(since + inner.config.linger).await;
-        }
-        let batch = {
-            let mut queue = lane.queue.lock().expect("queue lock");
-            take_batch(
-                &mut queue,
-                inner.config.max_batch_records,
-                inner.config.max_batch_bytes,
-            )
-        };
-        if batch.is_empty() {
+/// What the dispatcher does next.
+enum Next {
+    Call(Vec<Pending>),
+    WaitUntil(Instant),
+    Wait,
+    Done,
+}
+
+/// Chooses the next call: records of every lane that is neither in a call nor
+/// backing off, one call for all of them while they fit (PutRecords takes
+/// records of any shard), so a call carries as many records as are waiting.
+fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
+    let closed = inner.closed.load(Ordering::Acquire);
+    let mut waiting = 0usize;
+    let mut oldest: Option<Instant> = None;
+    let mut earliest_ready: Option<Instant> = None;
+    for lane in &state.lanes {
+        if lane.busy || lane.queue.is_empty() {
             continue;
         }
-        let records: Vec<PutRecord> = batch.iter().map(|p| p.record.clone()).collect();
-        inner.calls.inc();
-        let outcome = inner.backend.put_records(&inner.stream, records).await;
-        let mut retry = Vec::new();
-        let mut progressed = false;
-        match outcome {
-            Ok(results) if results.len() == batch.len() => {
-                for (pending, result) in batch.into_iter().zip(results) {
-                    match result {
-                        PutResult::Ok { .. } => {
-                            progressed = true;
-                            inner.records.inc();
-                            pending.completion.resolve(Ok(()));
+        match lane.ready_at {
+            Some(at) if at > now => {
+                earliest_ready = Some(earliest_ready.map_or(at, |e| e.min(at)));
+            }
+            _ => {
+                waiting += lane.queue.len();
+                let since = lane.queue.front().map(|p| p.since).expect("non-empty");
+                oldest = Some(oldest.map_or(since, |o| o.min(since)));
+            }
+        }
+    }
+    let Some(oldest) = oldest else {
+        let idle = state.in_flight == 0 && state.lanes.iter().all(|l| l.queue.is_empty());
+        return match earliest_ready {
+            Some(at) => Next::WaitUntil(at),
+            None if closed && idle => Next::Done,
+            None => Next::Wait,
+        };
+    };
+    // Linger only for a part-full call.
+    let linger_until = oldest + inner.config.linger;
+    if !closed && waiting < inner.config.max_batch_records && linger_until > now {
+        let at = earliest_ready.map_or(linger_until, |e| e.min(linger_until));
+        return Next::WaitUntil(at);
+    }
+    let count = state.lanes.len();
+    let mut batch = Vec::new();
+    let mut keys = HashSet::new();
+    let mut bytes = 0usize;
+    let mut last = state.next;
+    for offset in 0..count {
+        let index = (state.next + offset) % count;
+        let lane = &mut state.lanes[index];
+        if lane.busy || lane.queue.is_empty() || lane.ready_at.is_some_and(|at| at > now) {
+            continue;
+        }
+        let before = batch.len();
+        take_from_lane(
+            &mut lane.queue,
+            &mut batch,
+            &mut keys,
+            &mut bytes,
+            inner.config.max_batch_records,
+            inner.config.max_batch_bytes,
+        );
+        if batch.len() > before {
+            lane.busy = true;
+            last = index;
+        }
+        if batch.len() == inner.config.max_batch_records || bytes >= inner.config.max_batch_bytes {
+            break;
+        }
+    }
+    state.next = (last + 1) % count;
+    if batch.is_empty() {
+        return Next::Wait;
+    }
+    state.in_flight += 1;
+    Next::Call(batch)
+}
+
+async fn dispatch(inner: Arc<Inner>) {
+    loop {
+        let notified = inner.wake.notified();
+        let next = {
+            let mut state = inner.lanes.lock().expect("lanes lock");
+            next_call(&inner, &mut state, Instant::now())
+        };
+        match next {
+            Next::Call(batch) => {
+                tokio::spawn(call(inner.clone(), batch));
+            }
+            Next::WaitUntil(at) => {
+                tokio::select! {
+                    _ = notified => {}
+                    _ = tokio::time::sleep_until(at) => {}
+                }
+            }
+            Next::Wait => notified.await,
+            Next::Done => return,
+        }
+    }
+}
+
+/// One PutRecords call; failed entries go back to the front of their lanes.
+async fn call(inner: Arc<Inner>, batch: Vec<Pending>) {
+    let records: Vec<PutRecord> = batch.iter().map(|p| p.record.clone()).collect();
+    tracing::trace!(stream = %inner.stream, records = records.len(), "PutRecords");
+    inner.calls.inc();
+    let outcome = inner.backend.put_records(&inner.stream, records).await;
+    let mut retry = Vec::new();
+    let mut lanes_in_call = Vec::new();
+    let mut progressed = Vec::new();
+    for pending in &batch {
+        if !lanes_in_call.contains(&pending.lane) {
+            lanes_in_call.push(pending.lane);
+        }
+    }
+    match outcome {
+        Ok(results) if results.len() == batch.len() => {
+            for (pending, result) in batch.into_iter().zip(results) {
+                match result {
+                    PutResult::Ok { .. } => {
+                        if !progressed.contains(&pending.lane) {
+                            progressed.push(pending.lane);
                         }
-                        PutResult::Failed(failure) => {
-                            inner.failed_entries.inc();
-                            retry_or_fail(
-                                &inner,
-                                pending,
-                                &failure,
-                                failure.is_retryable(),
-                                &mut retry,
-                            );
-                        }
+                        inner.records.inc();
+                        pending.completion.resolve(Ok(()));
+                    }
+                    PutResult::Failed(failure) => {
+                        inner.failed_entries.inc();
+                        retry_or_fail(
+                            &inner,
+                            pending,
+                            &failure,
+                            failure.is_retryable(),
+                            &mut retry,
+                        );
                     }
                 }
             }
-            Ok(results) => {
-                let error = StreamError::Storage(format!(
-                    "{} results for {} records",
-                    results.len(),
-                    batch.len()
-                ));
-                for pending in batch {
-                    retry_or_fail(&inner, pending, &error, true, &mut retry);
-                }
-            }
-            Err(error) => {
-                let retryable = error.is_retryable();
-                if !retryable {
-                    tracing::error!(stream = %inner.stream, error = %error, "PutRecords failed");
-                }
-                for pending in batch {
-                    retry_or_fail(&inner, pending, &error, retryable, &mut retry);
-                }
+        }
+        Ok(results) => {
+            let error = StreamError::Storage(format!(
+                "{} results for {} records",
+                results.len(),
+                batch.len()
+            ));
+            for pending in batch {
+                retry_or_fail(&inner, pending, &error, true, &mut retry);
             }
         }
-        // Back off harder only while calls make no progress at all (the shard
-        // is throttled or the service is unavailable); a call that stored some
-        // records retries the rest after a short jittered pause.
-        if retry.is_empty() || progressed {
-            attempt = 0;
-        }
-        if retry.is_empty() {
-            continue;
-        }
-        {
-            let mut queue = lane.queue.lock().expect("queue lock");
-            for pending in retry.into_iter().rev() {
-                queue.push_front(pending);
+        Err(error) => {
+            let retryable = error.is_retryable();
+            if !retryable {
+                tracing::error!(stream = %inner.stream, error = %error, "PutRecords failed");
+            }
+            for pending in batch {
+                retry_or_fail(&inner, pending, &error, retryable, &mut retry);
             }
         }
-        tokio::time::sleep(inner.config.backoff.delay(attempt)).await;
-        attempt = attempt.saturating_add(1);
     }
+    {
+        let mut state = inner.lanes.lock().expect("lanes lock");
+        let now = Instant::now();
+        for &index in &lanes_in_call {
+            let lane = &mut state.lanes[index];
+            lane.busy = false;
+            let failed = retry.iter().any(|p| p.lane == index);
+            if !failed {
+                lane.attempt = 0;
+                lane.ready_at = None;
+                continue;
+            }
+            // Back off harder only while a lane makes no progress at all (the
+            // shard is throttled or the service is unavailable); a lane that
+            // stored some records retries the rest after a short pause.
+            if progressed.contains(&index) {
+                lane.attempt = 0;
+            }
+            lane.ready_at = Some(now + inner.config.backoff.delay(lane.attempt));
+            lane.attempt = lane.attempt.saturating_add(1);
+        }
+        for pending in retry.into_iter().rev() {
+            state.lanes[pending.lane].queue.push_front(pending);
+        }
+        state.in_flight -= 1;
+    }
+    inner.wake.notify_one();
 }
 
 fn retry_or_fail(

@@ -1,6 +1,6 @@
 //! Producer tests on the embedded backend with injected partial failures.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -212,4 +212,35 @@ async fn records_that_keep_failing_are_given_up_within_the_time_bound() {
         .await
         .unwrap_err();
     assert!(matches!(err, ProduceError::GaveUp { .. }), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_call_carries_records_of_every_shard() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("s", 4).await.unwrap();
+    let recording = Arc::new(Recording {
+        inner: local.clone(),
+        calls: Mutex::new(Vec::new()),
+    });
+    let producer = Producer::start(recording.clone(), "s", ProducerConfig::default())
+        .await
+        .unwrap();
+    let records: Vec<PutRecord> = (0..400)
+        .map(|i| PutRecord::new(format!("k{i}"), Bytes::from(format!("v{i}"))))
+        .collect();
+    producer.send(records).await.unwrap();
+    producer.close().await;
+
+    let calls = recording.calls.lock().unwrap().clone();
+    let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
+    assert_eq!(sizes, vec![400], "one call for records of four shards");
+    let stored = read_everything(&local, "s").await;
+    assert_eq!(stored.len(), 400);
+    let shards_in_call: HashSet<u128> = calls[0]
+        .iter()
+        .map(|key| PutRecord::new(key.clone(), Bytes::new()).hash_key() >> 126)
+        .collect();
+    assert_eq!(shards_in_call.len(), 4, "the call spans all four shards");
 }

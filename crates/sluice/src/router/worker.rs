@@ -199,6 +199,7 @@ impl ShardReader {
         let mut attempt = 0u32;
         let mut iterator: Option<String> = None;
         let mut last_read = tokio::time::Instant::now();
+        let mut expired = false;
         tracing::info!(stream = %stream, shard = %self.shard, checkpoint = ?checkpoint, "reading shard");
         while !*shutdown.borrow() {
             let it = match iterator.take() {
@@ -220,14 +221,24 @@ impl ShardReader {
                 .await
             {
                 Ok(output) => output,
+                Err(StreamError::ExpiredIterator(reason)) if !expired => {
+                    // Re-made right away from the checkpoint: nothing is skipped.
+                    // A second expiry in a row backs off like any other error.
+                    tracing::info!(stream = %stream, shard = %self.shard, reason = %reason, checkpoint = ?checkpoint, "shard iterator expired; resuming after the checkpoint");
+                    expired = true;
+                    continue;
+                }
                 Err(e) => {
-                    // The iterator is re-made from the checkpoint: nothing is skipped.
-                    if !matches!(e, StreamError::ExpiredIterator(_)) {
-                        self.pause_after(&e.to_string(), &mut attempt).await;
+                    // Throttled or unavailable: the same iterator is still good.
+                    if e.is_retryable() {
+                        iterator = Some(it);
                     }
+                    self.pause_after(&e.to_string(), &mut attempt).await;
                     continue;
                 }
             };
+            expired = false;
+            attempt = 0;
             behind.set(output.millis_behind_latest.unwrap_or(0) as i64);
             if let Some(last) = output.records.last() {
                 // Deliver until it works or we are told to stop; never skip.
