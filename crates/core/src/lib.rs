@@ -4,6 +4,7 @@
 //! This crate does no I/O. Backends, the client library and the application
 //! build on it; it imports nothing else of Sluice.
 
+pub mod aggregate;
 pub mod envelope;
 pub mod hash;
 pub mod limits;

@@ -4,10 +4,13 @@
 //!
 //! Only headers are read; payload bytes pass through unchanged, and each
 //! output keeps its record's partition key, so order per key carries over.
+//! KPL aggregates are opened: each user record inside is routed on its own,
+//! in order, with its own partition key.
 
 use base64::Engine;
 use bytes::Bytes;
 
+use crate::aggregate::{self, AggregateError};
 use crate::envelope::{decode_headers, EnvelopeError};
 use crate::limits::MAX_RECORD_BYTES;
 use crate::rules::{Decision, RuleSet};
@@ -20,7 +23,12 @@ pub const DEAD_LETTER_KEEP_BYTES: usize = 256 * 1024;
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum DeadLetterReason {
     NotEnvelope(EnvelopeError),
-    TooLarge { size: usize, limit: usize },
+    TooLarge {
+        size: usize,
+        limit: usize,
+    },
+    /// A KPL aggregate whose digest matches but whose content does not decode.
+    BadAggregate(AggregateError),
 }
 
 impl DeadLetterReason {
@@ -28,6 +36,7 @@ impl DeadLetterReason {
         match self {
             DeadLetterReason::NotEnvelope(e) => e.code(),
             DeadLetterReason::TooLarge { .. } => "too_large",
+            DeadLetterReason::BadAggregate(_) => "bad_aggregate",
         }
     }
 
@@ -37,6 +46,7 @@ impl DeadLetterReason {
             DeadLetterReason::TooLarge { size, limit } => {
                 format!("{size} bytes is over the {limit}-byte router limit")
             }
+            DeadLetterReason::BadAggregate(e) => e.to_string(),
         }
     }
 }
@@ -81,6 +91,47 @@ impl RoutedBatch {
     }
 }
 
+/// One routable unit: a plain record, or one user record of an aggregate.
+pub struct Unit<'a> {
+    pub record: &'a Record,
+    /// Position inside the aggregate, for an aggregated user record.
+    pub sub_sequence: Option<u32>,
+    pub partition_key: std::borrow::Cow<'a, str>,
+    pub data: Bytes,
+}
+
+/// Opens the KPL aggregates of a batch: the units to route, in order, and
+/// the aggregates that could not be opened (by index into `records`).
+pub fn units(records: &[Record]) -> (Vec<Unit<'_>>, Vec<(usize, AggregateError)>) {
+    let mut units = Vec::with_capacity(records.len());
+    let mut corrupt = Vec::new();
+    for (index, record) in records.iter().enumerate() {
+        let opened = if record.data.starts_with(&aggregate::MAGIC) {
+            aggregate::deaggregate(&record.data)
+        } else {
+            Ok(None)
+        };
+        match opened {
+            Ok(None) => units.push(Unit {
+                record,
+                sub_sequence: None,
+                partition_key: std::borrow::Cow::Borrowed(&record.partition_key),
+                data: record.data.clone(),
+            }),
+            Ok(Some(inside)) => {
+                units.extend(inside.into_iter().enumerate().map(|(sub, user)| Unit {
+                    record,
+                    sub_sequence: Some(sub as u32),
+                    partition_key: std::borrow::Cow::Owned(user.partition_key),
+                    data: user.data,
+                }))
+            }
+            Err(error) => corrupt.push((index, error)),
+        }
+    }
+    (units, corrupt)
+}
+
 /// Routes a batch of records.
 pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record]) -> RoutedBatch {
     let mut batch = RoutedBatch {
@@ -88,19 +139,21 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
         per_route: vec![0; rules.route_names().len()],
         ..RoutedBatch::default()
     };
-    // First decide where each record goes, then fill outputs sized exactly.
+    let (units, corrupt) = units(records);
+    // First decide where each unit goes, then fill outputs sized exactly.
     let mut placements: Vec<(u32, Result<u16, DeadLetterReason>)> =
-        Vec::with_capacity(records.len() + records.len() / 2);
+        Vec::with_capacity(units.len() + units.len() / 2);
     let mut counts = vec![0usize; rules.streams().len()];
+    counts[rules.dead_letter_stream()] += corrupt.len();
     let (mut targets, mut matched) = (Vec::new(), Vec::new());
-    for (index, record) in records.iter().enumerate() {
-        let headers = if record.data.len() > options.max_record_bytes {
+    for (index, unit) in units.iter().enumerate() {
+        let headers = if unit.data.len() > options.max_record_bytes {
             Err(DeadLetterReason::TooLarge {
-                size: record.data.len(),
+                size: unit.data.len(),
                 limit: options.max_record_bytes,
             })
         } else {
-            decode_headers(&record.data).map_err(DeadLetterReason::NotEnvelope)
+            decode_headers(&unit.data).map_err(DeadLetterReason::NotEnvelope)
         };
         match headers {
             Ok(headers) => {
@@ -125,47 +178,63 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
     batch
         .outputs
         .extend(counts.iter().map(|n| Vec::with_capacity(*n)));
+    for (index, error) in corrupt {
+        let record = &records[index];
+        let reason = DeadLetterReason::BadAggregate(error);
+        batch.count_dead_letter(reason.code());
+        let unit = Unit {
+            record,
+            sub_sequence: None,
+            partition_key: std::borrow::Cow::Borrowed(&record.partition_key),
+            data: record.data.clone(),
+        };
+        batch.outputs[rules.dead_letter_stream()].push(dead_letter(options, &unit, &reason));
+    }
     for (index, placement) in placements {
-        let record = &records[index as usize];
+        let unit = &units[index as usize];
         match placement {
             Ok(stream) => batch.outputs[stream as usize].push(PutRecord {
-                partition_key: record.partition_key.clone(),
+                partition_key: unit.partition_key.clone().into_owned(),
                 explicit_hash_key: None,
-                data: record.data.clone(),
+                data: unit.data.clone(),
             }),
-            Err(reason) => batch.outputs[rules.dead_letter_stream()]
-                .push(dead_letter(options, record, &reason)),
+            Err(reason) => {
+                batch.outputs[rules.dead_letter_stream()].push(dead_letter(options, unit, &reason))
+            }
         }
     }
     batch
 }
 
-/// The dead-letter envelope for a record: the reason in its headers, the
+/// The dead-letter envelope for a unit: the reason in its headers, the
 /// original bytes (up to [`DEAD_LETTER_KEEP_BYTES`]) base64-encoded in its payload.
 pub fn dead_letter(
     options: &RouterOptions,
-    record: &Record,
+    unit: &Unit<'_>,
     reason: &DeadLetterReason,
 ) -> PutRecord {
-    let kept = &record.data[..record.data.len().min(DEAD_LETTER_KEEP_BYTES)];
-    let headers = serde_json::json!({
+    let kept = &unit.data[..unit.data.len().min(DEAD_LETTER_KEEP_BYTES)];
+    let mut headers = serde_json::json!({
         "type": "dead_letter",
         "reason": reason.code(),
         "detail": truncate(&reason.detail(), 512),
         "source_stream": options.source_stream,
-        "source_sequence": record.sequence_number.as_str(),
+        "source_sequence": unit.record.sequence_number.as_str(),
     });
+    if let Some(sub) = unit.sub_sequence {
+        headers["source_sub_sequence"] = sub.into();
+    }
     let payload = serde_json::json!({
         "original_base64": base64::engine::general_purpose::STANDARD.encode(kept),
-        "original_size": record.data.len(),
-        "truncated": kept.len() < record.data.len(),
+        "original_size": unit.data.len(),
+        "truncated": kept.len() < unit.data.len(),
     });
     let payload = serde_json::to_vec(&payload).expect("serialize payload");
     let headers = headers.as_object().expect("object");
     let data =
         crate::envelope::encode(headers.iter().map(|(k, v)| (k.as_str(), v)), Some(&payload));
     PutRecord {
-        partition_key: record.partition_key.clone(),
+        partition_key: unit.partition_key.clone().into_owned(),
         explicit_hash_key: None,
         data: Bytes::from(data),
     }
@@ -282,5 +351,74 @@ to = ["transactions"]
             Some(&HeaderValue::Str("too_large".into()))
         );
         assert_eq!(batch.dead_letters, [("not_json", 1), ("too_large", 1)]);
+    }
+
+    #[test]
+    fn aggregates_are_opened_and_each_user_record_routed() {
+        use crate::aggregate::{Aggregator, MAGIC};
+        use md5::{Digest, Md5};
+        let rules = rules();
+        let mut aggregator = Aggregator::new();
+        aggregator.push(
+            "u-1",
+            None,
+            Bytes::from_static(br#"{"headers":{"type":"purchase"},"payload":1}"#),
+        );
+        aggregator.push("u-2", None, Bytes::from_static(b"not an envelope"));
+        aggregator.push(
+            "u-1",
+            None,
+            Bytes::from_static(br#"{"headers":{"type":"purchase"},"payload":2}"#),
+        );
+        let aggregate = aggregator.finish();
+        // A valid digest over a body that is not an AggregatedRecord.
+        let mut corrupt = MAGIC.to_vec();
+        corrupt.extend_from_slice(&[0x1a, 0x7f]);
+        corrupt.extend_from_slice(&Md5::digest([0x1a, 0x7f]));
+        let records = vec![
+            record(1, "u-1", &aggregate),
+            record(2, "u-3", br#"{"headers":{"type":"click"}}"#),
+            record(3, "u-4", &corrupt),
+        ];
+        let batch = route_batch(&rules, &RouterOptions::new("inbound"), &records);
+        let transactions = &batch.outputs[0];
+        assert_eq!(transactions.len(), 2);
+        assert_eq!(
+            &transactions[0].data[..],
+            br#"{"headers":{"type":"purchase"},"payload":1}"#
+        );
+        assert_eq!(
+            &transactions[1].data[..],
+            br#"{"headers":{"type":"purchase"},"payload":2}"#
+        );
+        assert!(transactions.iter().all(|r| r.partition_key == "u-1"));
+        assert_eq!(batch.outputs[rules.unmatched_stream()].len(), 1);
+        let dead: Vec<_> = batch.outputs[rules.dead_letter_stream()]
+            .iter()
+            .map(|r| decode(&r.data).unwrap().headers)
+            .collect();
+        assert_eq!(dead.len(), 2);
+        let by_reason = |code: &str| {
+            dead.iter()
+                .find(|h| h.get("reason") == Some(&HeaderValue::Str(code.into())))
+                .unwrap_or_else(|| panic!("no {code} in {dead:?}"))
+        };
+        let inside = by_reason("not_json");
+        assert_eq!(
+            inside.get("source_sequence"),
+            Some(&HeaderValue::Str("1".into()))
+        );
+        assert_eq!(
+            inside.get("source_sub_sequence"),
+            Some(&HeaderValue::Num(1.0))
+        );
+        let bad = by_reason("bad_aggregate");
+        assert_eq!(
+            bad.get("source_sequence"),
+            Some(&HeaderValue::Str("3".into()))
+        );
+        let mut reasons = batch.dead_letters.clone();
+        reasons.sort();
+        assert_eq!(reasons, [("bad_aggregate", 1), ("not_json", 1)]);
     }
 }

@@ -4,6 +4,8 @@
 //! Records come back as NDJSON, merged across shards by arrival time. A
 //! `Sluice-Cursor` response header carries each shard's position; passing it
 //! back as `cursor` continues exactly after the last record returned.
+//! KPL aggregates are opened: each user record is one line, and a cursor can
+//! stop inside an aggregate.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -82,6 +84,11 @@ enum Position {
     TrimHorizon,
     AtMs(i64),
     After(String),
+    /// Inside an aggregate: its first `skip` user records were returned.
+    Within {
+        at: String,
+        skip: u32,
+    },
 }
 
 impl Position {
@@ -89,12 +96,14 @@ impl Position {
         Ok(match self {
             Position::TrimHorizon => StartPosition::TrimHorizon,
             Position::AtMs(ms) => StartPosition::AtTimestamp(*ms),
-            Position::After(seq) => StartPosition::AfterSequence(
-                SequenceNumber::parse(seq)
-                    .ok_or_else(|| AppError::BadRequest("cursor is damaged".into()))?,
-            ),
+            Position::After(seq) => StartPosition::AfterSequence(parse_sequence(seq)?),
+            Position::Within { at, .. } => StartPosition::AtSequence(parse_sequence(at)?),
         })
     }
+}
+
+fn parse_sequence(text: &str) -> Result<SequenceNumber, AppError> {
+    SequenceNumber::parse(text).ok_or_else(|| AppError::BadRequest("cursor is damaged".into()))
 }
 
 #[derive(Serialize, Deserialize, Default)]
@@ -134,11 +143,35 @@ fn parse_from(from: Option<&str>) -> Result<Position, AppError> {
     }
 }
 
+/// One line to return: a record, or one user record of an aggregate.
+struct Line {
+    sequence: SequenceNumber,
+    /// Position inside an aggregate and the aggregate's size.
+    within: Option<(u32, u32)>,
+    arrival_ms: i64,
+    data: bytes::Bytes,
+}
+
+impl Line {
+    /// Where the shard continues after this line.
+    fn next_position(&self) -> Position {
+        match self.within {
+            Some((sub, count)) if sub + 1 < count => Position::Within {
+                at: self.sequence.to_string(),
+                skip: sub + 1,
+            },
+            _ => Position::After(self.sequence.to_string()),
+        }
+    }
+}
+
 struct ShardCursor {
     shard: String,
     iterator: Option<String>,
-    buffer: VecDeque<Record>,
+    buffer: VecDeque<Line>,
     drained: bool,
+    /// User records of the first aggregate already returned before.
+    skip: Option<(String, u32)>,
 }
 
 impl ShardCursor {
@@ -157,9 +190,38 @@ impl ShardCursor {
         if out.records.is_empty() {
             self.drained = true;
         }
-        self.buffer.extend(out.records);
+        for record in out.records {
+            self.push(record);
+        }
         self.iterator = out.next_iterator;
         Ok(())
+    }
+
+    fn push(&mut self, record: Record) {
+        let skip = match self.skip.take() {
+            Some((at, skip)) if at == record.sequence_number.as_str() => skip,
+            _ => 0,
+        };
+        // A corrupt aggregate is shown as it is stored.
+        match sluice_core::aggregate::deaggregate(&record.data) {
+            Ok(Some(inside)) => {
+                let count = inside.len() as u32;
+                for (sub, user) in inside.into_iter().enumerate().skip(skip as usize) {
+                    self.buffer.push_back(Line {
+                        sequence: record.sequence_number.clone(),
+                        within: Some((sub as u32, count)),
+                        arrival_ms: record.arrival_ms,
+                        data: user.data,
+                    });
+                }
+            }
+            _ => self.buffer.push_back(Line {
+                sequence: record.sequence_number,
+                within: None,
+                arrival_ms: record.arrival_ms,
+                data: record.data,
+            }),
+        }
     }
 }
 
@@ -205,11 +267,16 @@ pub async fn read_records(
             .get_shard_iterator(&name, &shard.shard_id, position.start()?)
             .await
             .map_err(stream_error)?;
+        let skip = match &position {
+            Position::Within { at, skip } => Some((at.clone(), *skip)),
+            _ => None,
+        };
         cursors.push(ShardCursor {
             shard: shard.shard_id.clone(),
             iterator: Some(iterator),
             buffer: VecDeque::new(),
             drained: false,
+            skip,
         });
     }
     let mut body = Vec::new();
@@ -229,13 +296,12 @@ pub async fn read_records(
             more = true;
             break;
         }
-        let record = cursors[i].buffer.pop_front().expect("front exists");
-        append_line(&mut body, &record.data);
+        let line = cursors[i].buffer.pop_front().expect("front exists");
+        append_line(&mut body, &line.data);
         count += 1;
-        cursor.shards.insert(
-            cursors[i].shard.clone(),
-            Position::After(record.sequence_number.to_string()),
-        );
+        cursor
+            .shards
+            .insert(cursors[i].shard.clone(), line.next_position());
     }
     let mut headers = HeaderMap::new();
     headers.insert(

@@ -4,6 +4,7 @@
 //! Every table refuses unknown keys, and the whole file is checked before
 //! anything starts; an error names the file, the line and the reason.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
@@ -35,9 +36,42 @@ pub struct Config {
     pub unmatched: Unmatched,
     #[serde(default)]
     pub dead_letter: DeadLetter,
+    /// Settings per output stream, by name.
+    #[serde(default)]
+    pub outputs: BTreeMap<String, OutputConfig>,
     /// Fault injection, for tests and drills only.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
+}
+
+/// How the router writes one output stream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct OutputConfig {
+    /// Pack routed records into KPL aggregated records, per target shard, in
+    /// order per partition key (default false). Consumers de-aggregate.
+    #[serde(default)]
+    pub aggregate: bool,
+    /// Largest aggregated record, in bytes (default 51,200; 1024 to 1 MiB).
+    #[serde(default = "default_aggregate_max_bytes")]
+    pub aggregate_max_bytes: usize,
+}
+
+impl OutputConfig {
+    /// The producer's aggregation setting.
+    pub fn aggregation(&self) -> Option<usize> {
+        self.aggregate.then_some(self.aggregate_max_bytes)
+    }
+}
+
+fn check_aggregate_max(key: &str, value: usize) -> Result<(), String> {
+    if (1024..=MAX_RECORD_BYTES).contains(&value) {
+        Ok(())
+    } else {
+        Err(format!(
+            "{key}: expected 1024 to {MAX_RECORD_BYTES}, found {value}"
+        ))
+    }
 }
 
 /// Makes the pipeline's stream backend misbehave at the given rates (0 to 1):
@@ -192,6 +226,15 @@ pub struct CollectorConfig {
     /// arrive meanwhile fill the next call).
     #[serde(default = "default_linger_ms")]
     pub linger_ms: u64,
+    /// Pack events into KPL aggregated records on the inbound stream (default
+    /// false). Fewer, larger records: fewer PutRecords calls and PUT payload
+    /// units on AWS. The router and the read API open them.
+    #[serde(default)]
+    pub aggregate: bool,
+    /// Largest aggregated record, in bytes (default 51,200 as in the KPL; at
+    /// most 1 MiB).
+    #[serde(default = "default_aggregate_max_bytes")]
+    pub aggregate_max_bytes: usize,
     /// Retry timing for PutRecords.
     #[serde(default)]
     pub retry: Backoff,
@@ -218,6 +261,9 @@ fn default_queue_events() -> usize {
 }
 fn default_source() -> String {
     "web".into()
+}
+fn default_aggregate_max_bytes() -> usize {
+    51_200
 }
 fn default_linger_ms() -> u64 {
     0
@@ -364,7 +410,19 @@ impl Config {
                 }
             }
         }
+        check_aggregate_max("collector.aggregate_max_bytes", c.aggregate_max_bytes)?;
         let rules = self.rules();
+        for (name, output) in &self.outputs {
+            if !rules.streams().contains(name) {
+                return Err(format!(
+                    "outputs.{name}: no route, unmatched or dead_letter writes to stream {name}"
+                ));
+            }
+            check_aggregate_max(
+                &format!("outputs.{name}.aggregate_max_bytes"),
+                output.aggregate_max_bytes,
+            )?;
+        }
         if rules.streams().iter().any(|s| s == &self.inbound) {
             return Err(format!(
                 "routes: stream {:?} is the inbound stream; routing into it would loop",
@@ -424,6 +482,21 @@ mod tests {
                 "[collector]\nmax_event_bytes = 2000000\n",
                 "",
                 "collector.max_event_bytes",
+            ),
+            (
+                "[collector]\naggregate = true\naggregate_max_bytes = 10\n",
+                "",
+                "collector.aggregate_max_bytes: expected 1024",
+            ),
+            (
+                "[outputs.nowhere]\naggregate = true\n",
+                "",
+                "outputs.nowhere: no route, unmatched or dead_letter writes to stream nowhere",
+            ),
+            (
+                "[outputs.unrouted]\naggregate = true\nagregate_max_bytes = 4096\n",
+                "line 3",
+                "unknown field `agregate_max_bytes`",
             ),
             (
                 "inbound = \"in\"\n[[routes]]\nname = \"loop\"\nto = [\"in\"]\n",

@@ -22,7 +22,7 @@ use sluice_core::{StreamBackend, StreamError, TableBackend, TableError};
 
 use crate::auth::{require_token, Tokens};
 use crate::collector::{ingest::IngestRules, post_events, Collector};
-use crate::config::{AwsBackendConfig, BackendConfig, Config};
+use crate::config::{AwsBackendConfig, BackendConfig, Config, OutputConfig};
 use crate::router::worker::{RouterWorker, WorkerSettings};
 use crate::router::RouteAndDeliver;
 
@@ -63,6 +63,7 @@ impl RunningRouter {
         for name in rules.streams() {
             let producer_config = ProducerConfig {
                 backoff: config.router.retry.clone(),
+                aggregate_max_bytes: config.outputs.get(name).and_then(OutputConfig::aggregation),
                 ..ProducerConfig::default()
             };
             producers.push(Producer::start(streams.clone(), name, producer_config).await?);
@@ -316,6 +317,10 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         &config.inbound,
         ProducerConfig {
             linger: Duration::from_millis(config.collector.linger_ms),
+            aggregate_max_bytes: config
+                .collector
+                .aggregate
+                .then_some(config.collector.aggregate_max_bytes),
             backoff: config.collector.retry.clone(),
             ..ProducerConfig::default()
         },

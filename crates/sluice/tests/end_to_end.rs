@@ -2,7 +2,7 @@
 //! routed streams out; bad input answered with reasons; kill -9 while
 //! events are posted loses nothing that was acknowledged.
 
-use std::collections::{BTreeMap, BTreeSet, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -151,12 +151,17 @@ async fn post(url: &str, content_type: &str, body: impl Into<reqwest::Body>) -> 
 
 /// Every record of a stream, following the cursor.
 async fn read_stream(url: &str, stream: &str) -> Vec<Vec<u8>> {
+    read_stream_in_pages(url, stream, 100_000).await
+}
+
+/// Every record of a stream, `page` records per request.
+async fn read_stream_in_pages(url: &str, stream: &str, page: usize) -> Vec<Vec<u8>> {
     let mut records = Vec::new();
     let mut cursor: Option<String> = None;
     loop {
         let mut request = client()
             .get(format!("{url}/v1/streams/{stream}/records"))
-            .query(&[("limit", "100000")]);
+            .query(&[("limit", page.to_string())]);
         if let Some(c) = &cursor {
             request = request.query(&[("cursor", c)]);
         }
@@ -953,6 +958,112 @@ fn on_aws_a_missing_stream_stops_start_up_by_name() {
     assert!(
         stderr.contains(&format!("stream {prefix}-inbound does not exist")),
         "{stderr}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_inbound_records_route_every_event_once_in_order() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = CONFIG.replace("[collector]\n", "[collector]\naggregate = true\n")
+        + "[outputs.transactions]\naggregate = true\n[outputs.clickstream]\naggregate = true\n";
+    let sluice = Sluice::start_with(dir.path(), "up", &config, &[]);
+    let kinds = ["purchase", "click", "heartbeat"];
+    let lines: Vec<String> = (0..600)
+        .map(|i| {
+            format!(
+                r#"{{"type":"{}","event_id":"agg-{i}","partition_key":"k{}","headers":{{"n":{i}}}}}"#,
+                kinds[i % 3],
+                i % 40
+            )
+        })
+        .collect();
+    let (status, body) = post(&sluice.url, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(status, 202, "{body}");
+
+    let expected = |kind: &str| -> Vec<String> {
+        (0..600)
+            .filter(|i| kinds[i % 3] == kind)
+            .map(|i| format!("agg-{i}"))
+            .collect()
+    };
+    for (stream, kind) in [
+        ("transactions", "purchase"),
+        ("clickstream", "click"),
+        ("unrouted", "heartbeat"),
+    ] {
+        let want = expected(kind);
+        wait_for(Duration::from_secs(60), stream, || {
+            let (url, n) = (sluice.url.clone(), want.len());
+            async move {
+                let got = read_stream(&url, stream).await.len();
+                if got >= n {
+                    Ok(())
+                } else {
+                    Err(format!("{got} of {n}"))
+                }
+            }
+        })
+        .await;
+        let records = read_stream(&sluice.url, stream).await;
+        let mut ids: Vec<String> = records.iter().map(|r| event_id(r)).collect();
+        // Order per key: within each key, ids come in sending order.
+        let mut last: HashMap<usize, usize> = HashMap::new();
+        for id in &ids {
+            let i: usize = id[4..].parse().unwrap();
+            if let Some(previous) = last.insert(i % 40, i) {
+                assert!(i > previous, "{stream}: agg-{i} after agg-{previous}");
+            }
+        }
+        ids.sort();
+        let mut want = want;
+        want.sort();
+        assert_eq!(ids, want, "{stream} holds each of its events once");
+    }
+
+    // The inbound stream, read a few lines at a time: the cursor stops and
+    // resumes inside aggregates without a gap or a repeat.
+    let inbound: Vec<String> = read_stream_in_pages(&sluice.url, "inbound", 7)
+        .await
+        .iter()
+        .map(|r| event_id(r))
+        .collect();
+    let unique: BTreeSet<&String> = inbound.iter().collect();
+    assert_eq!((inbound.len(), unique.len()), (600, 600));
+
+    let metrics = client()
+        .get(format!("{}/metrics", sluice.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |name: &str, stream: &str| -> u64 {
+        metrics
+            .lines()
+            .find(|l| l.starts_with(&format!("{name}{{stream=\"{stream}\"}}")))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {name} for {stream} in {metrics}"))
+    };
+    for (stream, events) in [
+        ("inbound", 600),
+        ("transactions", 200),
+        ("clickstream", 200),
+    ] {
+        let (records, users) = (
+            value("sluice_put_records_records_total", stream),
+            value("sluice_put_records_user_records_total", stream),
+        );
+        assert_eq!(users, events, "{stream}");
+        assert!(
+            records * 5 <= users,
+            "{stream}: {users} events in {records} records"
+        );
+    }
+    // Not aggregated: one record per event.
+    assert_eq!(
+        value("sluice_put_records_records_total", "unrouted"),
+        value("sluice_put_records_user_records_total", "unrouted")
     );
 }
 

@@ -58,6 +58,11 @@ counter!(
     "Records acknowledged by PutRecords, by stream."
 );
 counter!(
+    PUT_USER_RECORDS,
+    "sluice_put_records_user_records_total",
+    "User records acknowledged by PutRecords, by stream: more than the records when they are aggregated."
+);
+counter!(
     PUT_FAILED_ENTRIES,
     "sluice_put_records_failed_entries_total",
     "PutRecords entries that failed and were retried or given up, by stream."

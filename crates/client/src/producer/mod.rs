@@ -19,7 +19,10 @@ use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
-use sluice_core::limits::{put_entry_bytes, MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT};
+use sluice_core::aggregate::{self, Aggregator};
+use sluice_core::limits::{
+    put_entry_bytes, MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, MAX_RECORD_BYTES,
+};
 use sluice_core::retry::{Backoff, Retryable};
 use sluice_core::stream::{PutRecord, PutResult, StreamError};
 use sluice_core::StreamBackend;
@@ -35,6 +38,9 @@ pub struct ProducerConfig {
     pub max_batch_records: usize,
     /// Bytes per PutRecords call (at most 5 MiB).
     pub max_batch_bytes: usize,
+    /// Packs records of a shard into KPL aggregated records of at most this
+    /// many bytes (at most 1 MiB); off when `None`. Consumers de-aggregate.
+    pub aggregate_max_bytes: Option<usize>,
     pub backoff: Backoff,
 }
 
@@ -44,6 +50,7 @@ impl Default for ProducerConfig {
             linger: Duration::ZERO,
             max_batch_records: MAX_RECORDS_PER_PUT,
             max_batch_bytes: MAX_BYTES_PER_PUT,
+            aggregate_max_bytes: None,
             backoff: Backoff::default(),
         }
     }
@@ -53,6 +60,9 @@ impl ProducerConfig {
     fn clamped(mut self) -> Self {
         self.max_batch_records = self.max_batch_records.clamp(1, MAX_RECORDS_PER_PUT);
         self.max_batch_bytes = self.max_batch_bytes.clamp(1, MAX_BYTES_PER_PUT);
+        self.aggregate_max_bytes = self
+            .aggregate_max_bytes
+            .map(|max| max.clamp(aggregate::OVERHEAD + 1, MAX_RECORD_BYTES));
         self
     }
 }
@@ -138,6 +148,7 @@ struct Inner {
     closed: AtomicBool,
     calls: Counter,
     records: Counter,
+    user_records: Counter,
     failed_entries: Counter,
     given_up: Counter,
 }
@@ -187,6 +198,7 @@ impl Producer {
             closed: AtomicBool::new(false),
             calls: metrics::PUT_CALLS.counter(&labels),
             records: metrics::PUT_RECORDS.counter(&labels),
+            user_records: metrics::PUT_USER_RECORDS.counter(&labels),
             failed_entries: metrics::PUT_FAILED_ENTRIES.counter(&labels),
             given_up: metrics::PUT_GIVEN_UP.counter(&labels),
         });
@@ -251,37 +263,160 @@ impl Producer {
     }
 }
 
-/// Takes records of one lane for a call: in queue order, skipping any record
-/// whose key is already in the call (it and its key's later records wait).
+/// One PutRecords entry: a user record, or several of one lane packed into
+/// a KPL aggregate that succeeds or fails as one.
+struct Entry {
+    record: PutRecord,
+    members: Vec<Pending>,
+}
+
+/// The entries of the next call, within the call's limits.
+struct CallBuilder {
+    entries: Vec<Entry>,
+    /// Partition keys in the call: a key appears in one entry at most.
+    keys: HashSet<String>,
+    bytes: usize,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl CallBuilder {
+    fn full(&self) -> bool {
+        self.entries.len() >= self.max_entries || self.bytes >= self.max_bytes
+    }
+
+    /// Whether one more entry of `size` bytes fits (the first always does).
+    fn fits(&self, size: usize) -> bool {
+        self.entries.is_empty()
+            || (self.entries.len() < self.max_entries && self.bytes + size <= self.max_bytes)
+    }
+
+    fn push(&mut self, entry: Entry) {
+        self.bytes += put_entry_bytes(&entry.record.partition_key, entry.record.data.len());
+        for member in &entry.members {
+            self.keys.insert(member.record.partition_key.clone());
+        }
+        self.entries.push(entry);
+    }
+}
+
+/// User records being packed into one aggregate.
+#[derive(Default)]
+struct Packing {
+    members: Vec<Pending>,
+    aggregator: Aggregator,
+}
+
+impl Packing {
+    /// The entry's bytes in the call if `pending` joined it.
+    fn size_with(&self, pending: &Pending) -> usize {
+        let record = &pending.record;
+        let growth = self.aggregator.growth(
+            &record.partition_key,
+            explicit_hash_key(record).as_deref(),
+            record.data.len(),
+        );
+        let key = self
+            .members
+            .first()
+            .map_or(record.partition_key.len(), |first| {
+                first.record.partition_key.len()
+            });
+        key + self.aggregator.encoded_len() + growth
+    }
+
+    fn add(&mut self, pending: Pending) {
+        let record = &pending.record;
+        self.aggregator.push(
+            &record.partition_key,
+            explicit_hash_key(record).as_deref(),
+            record.data.clone(),
+        );
+        self.members.push(pending);
+    }
+
+    /// The entry: the record itself when alone, as the KPL sends it.
+    fn seal(&mut self) -> Option<Entry> {
+        let mut members = std::mem::take(&mut self.members);
+        let data = self.aggregator.finish();
+        let first = members.first()?;
+        let record = if members.len() == 1 {
+            first.record.clone()
+        } else {
+            // The aggregate goes where its first record goes.
+            PutRecord {
+                partition_key: first.record.partition_key.clone(),
+                explicit_hash_key: Some(first.record.hash_key()),
+                data,
+            }
+        };
+        members.shrink_to_fit();
+        Some(Entry { record, members })
+    }
+}
+
+fn explicit_hash_key(record: &PutRecord) -> Option<String> {
+    record.explicit_hash_key.map(|k| k.to_string())
+}
+
+/// Takes records of one lane into the call, in queue order, skipping any
+/// record whose key is already in another entry of the call (it and its
+/// key's later records wait for the next call). With `aggregate_max`, the
+/// lane's records are packed into aggregates of at most that many bytes.
 fn take_from_lane(
     queue: &mut VecDeque<Pending>,
-    batch: &mut Vec<Pending>,
-    keys: &mut HashSet<String>,
-    bytes: &mut usize,
-    max_records: usize,
-    max_bytes: usize,
+    call: &mut CallBuilder,
+    aggregate_max: Option<usize>,
 ) {
     let mut kept = VecDeque::new();
     // Look a bounded distance past skipped records, so a queue of one hot
     // key does not cost a full scan per call.
-    let mut budget = max_records * 4;
+    let mut skips_left = MAX_RECORDS_PER_PUT * 4;
+    let mut packing = Packing::default();
     while let Some(pending) = queue.pop_front() {
-        let size = put_entry_bytes(&pending.record.partition_key, pending.record.data.len());
-        if batch.len() == max_records
-            || budget == 0
-            || (*bytes + size > max_bytes && !batch.is_empty())
-        {
-            queue.push_front(pending);
-            break;
+        let Some(max) = aggregate_max else {
+            if call.keys.contains(&pending.record.partition_key) {
+                if skips_left == 0 {
+                    queue.push_front(pending);
+                    break;
+                }
+                skips_left -= 1;
+                kept.push_back(pending);
+                continue;
+            }
+            let size = put_entry_bytes(&pending.record.partition_key, pending.record.data.len());
+            if !call.fits(size) {
+                queue.push_front(pending);
+                break;
+            }
+            call.push(Entry {
+                record: pending.record.clone(),
+                members: vec![pending],
+            });
+            continue;
+        };
+        if !packing.members.is_empty() && packing.size_with(&pending) > max {
+            if let Some(entry) = packing.seal() {
+                call.push(entry);
+            }
         }
-        budget -= 1;
-        if keys.contains(&pending.record.partition_key) {
+        if call.keys.contains(&pending.record.partition_key) {
+            if skips_left == 0 {
+                queue.push_front(pending);
+                break;
+            }
+            skips_left -= 1;
             kept.push_back(pending);
             continue;
         }
-        keys.insert(pending.record.partition_key.clone());
-        *bytes += size;
-        batch.push(pending);
+        if !call.fits(packing.size_with(&pending)) {
+            queue.push_front(pending);
+            break;
+        }
+        packing.add(pending);
+    }
+    if let Some(entry) = packing.seal() {
+        call.push(entry);
     }
     while let Some(pending) = kept.pop_back() {
         queue.push_front(pending);
@@ -290,7 +425,7 @@ fn take_from_lane(
 
 /// What the dispatcher does next.
 enum Next {
-    Call(Vec<Pending>),
+    Call(Vec<Entry>),
     WaitUntil(Instant),
     Wait,
     Done,
@@ -334,9 +469,13 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
         return Next::WaitUntil(at);
     }
     let count = state.lanes.len();
-    let mut batch = Vec::new();
-    let mut keys = HashSet::new();
-    let mut bytes = 0usize;
+    let mut call = CallBuilder {
+        entries: Vec::new(),
+        keys: HashSet::new(),
+        bytes: 0,
+        max_entries: inner.config.max_batch_records,
+        max_bytes: inner.config.max_batch_bytes,
+    };
     let mut last = state.next;
     for offset in 0..count {
         let index = (state.next + offset) % count;
@@ -344,29 +483,22 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
         if lane.busy || lane.queue.is_empty() || lane.ready_at.is_some_and(|at| at > now) {
             continue;
         }
-        let before = batch.len();
-        take_from_lane(
-            &mut lane.queue,
-            &mut batch,
-            &mut keys,
-            &mut bytes,
-            inner.config.max_batch_records,
-            inner.config.max_batch_bytes,
-        );
-        if batch.len() > before {
+        let before = call.entries.len();
+        take_from_lane(&mut lane.queue, &mut call, inner.config.aggregate_max_bytes);
+        if call.entries.len() > before {
             lane.busy = true;
             last = index;
         }
-        if batch.len() == inner.config.max_batch_records || bytes >= inner.config.max_batch_bytes {
+        if call.full() {
             break;
         }
     }
     state.next = (last + 1) % count;
-    if batch.is_empty() {
+    if call.entries.is_empty() {
         return Next::Wait;
     }
     state.in_flight += 1;
-    Next::Call(batch)
+    Next::Call(call.entries)
 }
 
 async fn dispatch(inner: Arc<Inner>) {
@@ -393,39 +525,46 @@ async fn dispatch(inner: Arc<Inner>) {
 }
 
 /// One PutRecords call; failed entries go back to the front of their lanes.
-async fn call(inner: Arc<Inner>, batch: Vec<Pending>) {
-    let records: Vec<PutRecord> = batch.iter().map(|p| p.record.clone()).collect();
-    tracing::trace!(stream = %inner.stream, records = records.len(), "PutRecords");
+async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
+    let records: Vec<PutRecord> = entries.iter().map(|e| e.record.clone()).collect();
+    tracing::trace!(stream = %inner.stream, entries = records.len(), "PutRecords");
     inner.calls.inc();
     let outcome = inner.backend.put_records(&inner.stream, records).await;
     let mut retry = Vec::new();
     let mut lanes_in_call = Vec::new();
     let mut progressed = Vec::new();
-    for pending in &batch {
-        if !lanes_in_call.contains(&pending.lane) {
-            lanes_in_call.push(pending.lane);
+    for entry in &entries {
+        let lane = entry.members[0].lane;
+        if !lanes_in_call.contains(&lane) {
+            lanes_in_call.push(lane);
         }
     }
     match outcome {
-        Ok(results) if results.len() == batch.len() => {
-            for (pending, result) in batch.into_iter().zip(results) {
+        Ok(results) if results.len() == entries.len() => {
+            for (entry, result) in entries.into_iter().zip(results) {
                 match result {
                     PutResult::Ok { .. } => {
-                        if !progressed.contains(&pending.lane) {
-                            progressed.push(pending.lane);
+                        let lane = entry.members[0].lane;
+                        if !progressed.contains(&lane) {
+                            progressed.push(lane);
                         }
                         inner.records.inc();
-                        pending.completion.resolve(Ok(()));
+                        inner.user_records.add(entry.members.len() as u64);
+                        for pending in entry.members {
+                            pending.completion.resolve(Ok(()));
+                        }
                     }
                     PutResult::Failed(failure) => {
                         inner.failed_entries.inc();
-                        retry_or_fail(
-                            &inner,
-                            pending,
-                            &failure,
-                            failure.is_retryable(),
-                            &mut retry,
-                        );
+                        for pending in entry.members {
+                            retry_or_fail(
+                                &inner,
+                                pending,
+                                &failure,
+                                failure.is_retryable(),
+                                &mut retry,
+                            );
+                        }
                     }
                 }
             }
@@ -434,9 +573,9 @@ async fn call(inner: Arc<Inner>, batch: Vec<Pending>) {
             let error = StreamError::Storage(format!(
                 "{} results for {} records",
                 results.len(),
-                batch.len()
+                entries.len()
             ));
-            for pending in batch {
+            for pending in entries.into_iter().flat_map(|e| e.members) {
                 retry_or_fail(&inner, pending, &error, true, &mut retry);
             }
         }
@@ -445,7 +584,7 @@ async fn call(inner: Arc<Inner>, batch: Vec<Pending>) {
             if !retryable {
                 tracing::error!(stream = %inner.stream, error = %error, "PutRecords failed");
             }
-            for pending in batch {
+            for pending in entries.into_iter().flat_map(|e| e.members) {
                 retry_or_fail(&inner, pending, &error, retryable, &mut retry);
             }
         }

@@ -13,10 +13,22 @@ use sluice_core::StreamBackend;
 
 use super::*;
 
-/// Records every PutRecords call's partition keys, to check the batching rule.
+/// Records every PutRecords call's partition keys (per entry, the keys of
+/// the user records inside it), to check the batching rule.
 struct Recording {
     inner: Arc<dyn StreamBackend>,
-    calls: Mutex<Vec<Vec<String>>>,
+    calls: Mutex<Vec<Vec<Vec<String>>>>,
+}
+
+/// The user records in a stored record: itself, or an aggregate's content.
+fn user_records(record: &PutRecord) -> Vec<PutRecord> {
+    match aggregate::deaggregate(&record.data).unwrap() {
+        None => vec![record.clone()],
+        Some(inside) => inside
+            .into_iter()
+            .map(|r| PutRecord::new(r.partition_key, r.data))
+            .collect(),
+    }
 }
 
 #[async_trait]
@@ -37,10 +49,16 @@ impl StreamBackend for Recording {
         self.inner.list_shards(n).await
     }
     async fn put_records(&self, n: &str, r: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
-        self.calls
-            .lock()
-            .unwrap()
-            .push(r.iter().map(|r| r.partition_key.clone()).collect());
+        self.calls.lock().unwrap().push(
+            r.iter()
+                .map(|r| {
+                    user_records(r)
+                        .into_iter()
+                        .map(|u| u.partition_key)
+                        .collect()
+                })
+                .collect(),
+        );
         self.inner.put_records(n, r).await
     }
     async fn get_shard_iterator(
@@ -74,7 +92,22 @@ async fn read_everything(backend: &Arc<dyn StreamBackend>, stream: &str) -> Vec<
             if out.records.is_empty() {
                 break;
             }
-            all.extend(out.records);
+            for record in out.records {
+                let stored = PutRecord::new(record.partition_key.clone(), record.data.clone());
+                for user in user_records(&stored) {
+                    let (low, high) = shard.hash_key_range;
+                    assert!(
+                        (low..=high).contains(&user.hash_key()),
+                        "{} is stored in the shard its key belongs to",
+                        user.partition_key
+                    );
+                    all.push(Record {
+                        partition_key: user.partition_key,
+                        data: user.data,
+                        ..record.clone()
+                    });
+                }
+            }
             it = out.next_iterator.unwrap();
         }
     }
@@ -83,6 +116,29 @@ async fn read_everything(backend: &Arc<dyn StreamBackend>, stream: &str) -> Vec<
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn partial_failures_lose_nothing_and_keep_order_per_key() {
+    let calls = partial_failures_lose_nothing(None).await;
+    assert!(calls
+        .iter()
+        .all(|call| call.iter().all(|entry| entry.len() == 1)));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn aggregated_partial_failures_lose_nothing_and_keep_order_per_key() {
+    let calls = partial_failures_lose_nothing(Some(2_000)).await;
+    let entries: Vec<&Vec<String>> = calls.iter().flatten().collect();
+    let users: usize = entries.iter().map(|e| e.len()).sum();
+    assert!(
+        users >= entries.len() * 5,
+        "records are packed: {users} user records in {} entries",
+        entries.len()
+    );
+}
+
+/// Four senders under 30% failed entries and 5% failed calls; returns the
+/// calls made (per entry, the keys of its user records).
+async fn partial_failures_lose_nothing(
+    aggregate_max_bytes: Option<usize>,
+) -> Vec<Vec<Vec<String>>> {
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn StreamBackend> =
         Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
@@ -102,6 +158,7 @@ async fn partial_failures_lose_nothing_and_keep_order_per_key() {
     });
     let config = ProducerConfig {
         backoff: Backoff::for_tests(),
+        aggregate_max_bytes,
         ..ProducerConfig::default()
     };
     let producer = Producer::start(recording.clone(), "s", config)
@@ -151,17 +208,25 @@ async fn partial_failures_lose_nothing_and_keep_order_per_key() {
             );
         }
     }
-    for call in recording.calls.lock().unwrap().iter() {
-        let mut keys = call.clone();
+    let calls = recording.calls.lock().unwrap().clone();
+    for call in &calls {
+        // A key may repeat inside one aggregate (which succeeds or fails
+        // whole), never across the entries of a call.
+        let mut keys: Vec<&String> = call
+            .iter()
+            .flat_map(|entry| entry.iter().collect::<HashSet<_>>())
+            .collect();
+        let total = keys.len();
         keys.sort();
         keys.dedup();
         assert_eq!(
             keys.len(),
-            call.len(),
-            "a call never holds two records of one key"
+            total,
+            "a key appears in one entry of a call at most"
         );
         assert!(call.len() <= 500);
     }
+    calls
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -233,7 +298,13 @@ async fn one_call_carries_records_of_every_shard() {
     producer.send(records).await.unwrap();
     producer.close().await;
 
-    let calls = recording.calls.lock().unwrap().clone();
+    let calls: Vec<Vec<String>> = recording
+        .calls
+        .lock()
+        .unwrap()
+        .iter()
+        .map(|call| call.iter().flatten().cloned().collect())
+        .collect();
     let sizes: Vec<usize> = calls.iter().map(Vec::len).collect();
     assert_eq!(sizes, vec![400], "one call for records of four shards");
     let stored = read_everything(&local, "s").await;
