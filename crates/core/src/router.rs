@@ -7,6 +7,8 @@
 //! KPL aggregates are opened: each user record inside is routed on its own,
 //! in order, with its own partition key.
 
+use std::borrow::Cow;
+
 use base64::Engine;
 use bytes::Bytes;
 
@@ -96,8 +98,8 @@ pub struct Unit<'a> {
     pub record: &'a Record,
     /// Position inside the aggregate, for an aggregated user record.
     pub sub_sequence: Option<u32>,
-    pub partition_key: std::borrow::Cow<'a, str>,
-    pub data: Bytes,
+    pub partition_key: Cow<'a, str>,
+    pub data: Cow<'a, Bytes>,
 }
 
 /// Opens the KPL aggregates of a batch: the units to route, in order, and
@@ -115,15 +117,15 @@ pub fn units(records: &[Record]) -> (Vec<Unit<'_>>, Vec<(usize, AggregateError)>
             Ok(None) => units.push(Unit {
                 record,
                 sub_sequence: None,
-                partition_key: std::borrow::Cow::Borrowed(&record.partition_key),
-                data: record.data.clone(),
+                partition_key: Cow::Borrowed(&record.partition_key),
+                data: Cow::Borrowed(&record.data),
             }),
             Ok(Some(inside)) => {
                 units.extend(inside.into_iter().enumerate().map(|(sub, user)| Unit {
                     record,
                     sub_sequence: Some(sub as u32),
-                    partition_key: std::borrow::Cow::Owned(user.partition_key),
-                    data: user.data,
+                    partition_key: Cow::Owned(user.partition_key),
+                    data: Cow::Owned(user.data),
                 }))
             }
             Err(error) => corrupt.push((index, error)),
@@ -185,8 +187,8 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
         let unit = Unit {
             record,
             sub_sequence: None,
-            partition_key: std::borrow::Cow::Borrowed(&record.partition_key),
-            data: record.data.clone(),
+            partition_key: Cow::Borrowed(&record.partition_key),
+            data: Cow::Borrowed(&record.data),
         };
         batch.outputs[rules.dead_letter_stream()].push(dead_letter(options, &unit, &reason));
     }
@@ -196,7 +198,7 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
             Ok(stream) => batch.outputs[stream as usize].push(PutRecord {
                 partition_key: unit.partition_key.clone().into_owned(),
                 explicit_hash_key: None,
-                data: unit.data.clone(),
+                data: unit.data.clone().into_owned(),
             }),
             Err(reason) => {
                 batch.outputs[rules.dead_letter_stream()].push(dead_letter(options, unit, &reason))
