@@ -77,6 +77,8 @@ pub struct RoutedBatch {
     /// Records per output stream, indexed like [`RuleSet::streams`], each in
     /// input order.
     pub outputs: Vec<Vec<PutRecord>>,
+    /// For each output record, the index of the input record it came from.
+    pub sources: Vec<Vec<u32>>,
     /// Records each route matched, indexed like [`RuleSet::route_names`].
     pub per_route: Vec<u64>,
     pub unmatched: u64,
@@ -96,6 +98,8 @@ impl RoutedBatch {
 /// One routable unit: a plain record, or one user record of an aggregate.
 pub struct Unit<'a> {
     pub record: &'a Record,
+    /// Index of `record` in the batch.
+    pub source: u32,
     /// Position inside the aggregate, for an aggregated user record.
     pub sub_sequence: Option<u32>,
     pub partition_key: Cow<'a, str>,
@@ -116,6 +120,7 @@ pub fn units(records: &[Record]) -> (Vec<Unit<'_>>, Vec<(usize, AggregateError)>
         match opened {
             Ok(None) => units.push(Unit {
                 record,
+                source: index as u32,
                 sub_sequence: None,
                 partition_key: Cow::Borrowed(&record.partition_key),
                 data: Cow::Borrowed(&record.data),
@@ -123,6 +128,7 @@ pub fn units(records: &[Record]) -> (Vec<Unit<'_>>, Vec<(usize, AggregateError)>
             Ok(Some(inside)) => {
                 units.extend(inside.into_iter().enumerate().map(|(sub, user)| Unit {
                     record,
+                    source: index as u32,
                     sub_sequence: Some(sub as u32),
                     partition_key: Cow::Owned(user.partition_key),
                     data: Cow::Owned(user.data),
@@ -180,30 +186,39 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
     batch
         .outputs
         .extend(counts.iter().map(|n| Vec::with_capacity(*n)));
+    batch
+        .sources
+        .extend(counts.iter().map(|n| Vec::with_capacity(*n)));
+    let dead_letter_stream = rules.dead_letter_stream();
     for (index, error) in corrupt {
         let record = &records[index];
         let reason = DeadLetterReason::BadAggregate(error);
         batch.count_dead_letter(reason.code());
         let unit = Unit {
             record,
+            source: index as u32,
             sub_sequence: None,
             partition_key: Cow::Borrowed(&record.partition_key),
             data: Cow::Borrowed(&record.data),
         };
-        batch.outputs[rules.dead_letter_stream()].push(dead_letter(options, &unit, &reason));
+        batch.outputs[dead_letter_stream].push(dead_letter(options, &unit, &reason));
+        batch.sources[dead_letter_stream].push(index as u32);
     }
     for (index, placement) in placements {
         let unit = &units[index as usize];
-        match placement {
-            Ok(stream) => batch.outputs[stream as usize].push(PutRecord {
-                partition_key: unit.partition_key.clone().into_owned(),
-                explicit_hash_key: None,
-                data: unit.data.clone().into_owned(),
-            }),
-            Err(reason) => {
-                batch.outputs[rules.dead_letter_stream()].push(dead_letter(options, unit, &reason))
-            }
-        }
+        let (stream, record) = match placement {
+            Ok(stream) => (
+                stream as usize,
+                PutRecord {
+                    partition_key: unit.partition_key.clone().into_owned(),
+                    explicit_hash_key: None,
+                    data: unit.data.clone().into_owned(),
+                },
+            ),
+            Err(reason) => (dead_letter_stream, dead_letter(options, unit, &reason)),
+        };
+        batch.outputs[stream].push(record);
+        batch.sources[stream].push(unit.source);
     }
     batch
 }
@@ -394,6 +409,11 @@ to = ["transactions"]
             br#"{"headers":{"type":"purchase"},"payload":2}"#
         );
         assert!(transactions.iter().all(|r| r.partition_key == "u-1"));
+        assert_eq!(batch.sources[0], [0, 0], "both came from the aggregate");
+        assert_eq!(batch.sources[rules.unmatched_stream()], [1]);
+        let mut dead_sources = batch.sources[rules.dead_letter_stream()].clone();
+        dead_sources.sort();
+        assert_eq!(dead_sources, [0, 2]);
         assert_eq!(batch.outputs[rules.unmatched_stream()].len(), 1);
         let dead: Vec<_> = batch.outputs[rules.dead_letter_stream()]
             .iter()

@@ -90,22 +90,25 @@ impl Retryable for ProduceError {
     }
 }
 
-/// Completion of one `send` call: resolves once every record is resolved.
+type Outcomes = Vec<Result<(), ProduceError>>;
+
+/// Completion of one `send`: resolves once every record is resolved, with
+/// each record's outcome.
 struct Completion {
     remaining: AtomicUsize,
-    error: Mutex<Option<ProduceError>>,
-    done: Mutex<Option<oneshot::Sender<Result<(), ProduceError>>>>,
+    outcomes: Mutex<Outcomes>,
+    done: Mutex<Option<oneshot::Sender<Outcomes>>>,
 }
 
 impl Completion {
-    fn resolve(&self, outcome: Result<(), ProduceError>) {
-        if let Err(e) = outcome {
-            self.error.lock().expect("completion lock").get_or_insert(e);
+    fn resolve(&self, index: u32, outcome: Result<(), ProduceError>) {
+        if outcome.is_err() {
+            self.outcomes.lock().expect("completion lock")[index as usize] = outcome;
         }
         if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let error = self.error.lock().expect("completion lock").take();
+            let outcomes = std::mem::take(&mut *self.outcomes.lock().expect("completion lock"));
             if let Some(done) = self.done.lock().expect("completion lock").take() {
-                let _ = done.send(error.map_or(Ok(()), Err));
+                let _ = done.send(outcomes);
             }
         }
     }
@@ -114,8 +117,18 @@ impl Completion {
 struct Pending {
     record: PutRecord,
     lane: usize,
+    /// Position in its `send`.
+    index: u32,
     completion: Arc<Completion>,
     since: Instant,
+    /// Given up when not stored by then.
+    deadline: Instant,
+}
+
+impl Pending {
+    fn resolve(self, outcome: Result<(), ProduceError>) {
+        self.completion.resolve(self.index, outcome);
+    }
 }
 
 /// The queue of one open shard.
@@ -217,22 +230,33 @@ impl Producer {
     /// one could not be delivered. Records of one partition key are written
     /// in the order given here, across calls as well.
     pub async fn send(&self, records: Vec<PutRecord>) -> Result<(), ProduceError> {
+        let deadline = Instant::now() + self.inner.config.backoff.max_elapsed();
+        let outcomes = self.send_each(records, deadline).await;
+        outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+    }
+
+    /// Sends records and waits until each was acknowledged or given up, at
+    /// the latest soon after `deadline` (a call in flight then is waited
+    /// for). Returns each record's outcome, in the order given.
+    pub async fn send_each(&self, records: Vec<PutRecord>, deadline: Instant) -> Outcomes {
         if records.is_empty() {
-            return Ok(());
+            return Vec::new();
         }
         if self.inner.closed.load(Ordering::Acquire) {
-            return Err(ProduceError::Closed(self.inner.stream.clone()));
+            let closed = ProduceError::Closed(self.inner.stream.clone());
+            return vec![Err(closed); records.len()];
         }
+        let count = records.len();
         let (done, finished) = oneshot::channel();
         let completion = Arc::new(Completion {
-            remaining: AtomicUsize::new(records.len()),
-            error: Mutex::new(None),
+            remaining: AtomicUsize::new(count),
+            outcomes: Mutex::new(vec![Ok(()); count]),
             done: Mutex::new(Some(done)),
         });
         let since = Instant::now();
         {
             let mut lanes = self.inner.lanes.lock().expect("lanes lock");
-            for record in records {
+            for (index, record) in records.into_iter().enumerate() {
                 let lane = self
                     .inner
                     .starts
@@ -241,15 +265,17 @@ impl Producer {
                 lanes.lanes[lane].queue.push_back(Pending {
                     record,
                     lane,
+                    index: index as u32,
                     completion: completion.clone(),
                     since,
+                    deadline,
                 });
             }
         }
         self.inner.wake.notify_one();
         finished
             .await
-            .map_err(|_| ProduceError::Closed(self.inner.stream.clone()))?
+            .unwrap_or_else(|_| vec![Err(ProduceError::Closed(self.inner.stream.clone())); count])
     }
 
     /// Stops taking records, sends everything queued, and waits for it.
@@ -367,6 +393,8 @@ fn take_from_lane(
     queue: &mut VecDeque<Pending>,
     call: &mut CallBuilder,
     aggregate_max: Option<usize>,
+    now: Instant,
+    expired: &mut Vec<Pending>,
 ) {
     let mut kept = VecDeque::new();
     // Look a bounded distance past skipped records, so a queue of one hot
@@ -374,6 +402,10 @@ fn take_from_lane(
     let mut skips_left = MAX_RECORDS_PER_PUT * 4;
     let mut packing = Packing::default();
     while let Some(pending) = queue.pop_front() {
+        if pending.deadline <= now {
+            expired.push(pending);
+            continue;
+        }
         let Some(max) = aggregate_max else {
             if call.keys.contains(&pending.record.partition_key) {
                 if skips_left == 0 {
@@ -477,6 +509,7 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
         max_bytes: inner.config.max_batch_bytes,
     };
     let mut last = state.next;
+    let mut expired = Vec::new();
     for offset in 0..count {
         let index = (state.next + offset) % count;
         let lane = &mut state.lanes[index];
@@ -484,7 +517,13 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
             continue;
         }
         let before = call.entries.len();
-        take_from_lane(&mut lane.queue, &mut call, inner.config.aggregate_max_bytes);
+        take_from_lane(
+            &mut lane.queue,
+            &mut call,
+            inner.config.aggregate_max_bytes,
+            now,
+            &mut expired,
+        );
         if call.entries.len() > before {
             lane.busy = true;
             last = index;
@@ -494,6 +533,13 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
         }
     }
     state.next = (last + 1) % count;
+    for pending in expired {
+        give_up(
+            inner,
+            pending,
+            &"its deadline passed before it could be sent",
+        );
+    }
     if call.entries.is_empty() {
         return Next::Wait;
     }
@@ -551,7 +597,7 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
                         inner.records.inc();
                         inner.user_records.add(entry.members.len() as u64);
                         for pending in entry.members {
-                            pending.completion.resolve(Ok(()));
+                            pending.resolve(Ok(()));
                         }
                     }
                     PutResult::Failed(failure) => {
@@ -607,7 +653,15 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
             if progressed.contains(&index) {
                 lane.attempt = 0;
             }
-            lane.ready_at = Some(now + inner.config.backoff.delay(lane.attempt));
+            // Not past the earliest deadline of what waits, so it is given
+            // up on time.
+            let deadline = retry
+                .iter()
+                .filter(|p| p.lane == index)
+                .map(|p| p.deadline)
+                .min()
+                .unwrap_or(now);
+            lane.ready_at = Some((now + inner.config.backoff.delay(lane.attempt)).min(deadline));
             lane.attempt = lane.attempt.saturating_add(1);
         }
         for pending in retry.into_iter().rev() {
@@ -625,25 +679,27 @@ fn retry_or_fail(
     retryable: bool,
     retry: &mut Vec<Pending>,
 ) {
-    let waited = pending.since.elapsed();
-    if retryable && waited < inner.config.backoff.max_elapsed() {
+    if retryable && Instant::now() < pending.deadline {
         retry.push(pending);
-        return;
-    }
-    let error = if retryable {
-        inner.given_up.inc();
-        ProduceError::GaveUp {
-            stream: inner.stream.clone(),
-            waited_ms: waited.as_millis() as u64,
-            last: format!("{reason:?}"),
-        }
+    } else if retryable {
+        give_up(inner, pending, reason);
     } else {
-        ProduceError::Rejected {
+        let error = ProduceError::Rejected {
             stream: inner.stream.clone(),
             reason: format!("{reason:?}"),
-        }
+        };
+        pending.resolve(Err(error));
+    }
+}
+
+fn give_up(inner: &Inner, pending: Pending, reason: &dyn std::fmt::Debug) {
+    inner.given_up.inc();
+    let error = ProduceError::GaveUp {
+        stream: inner.stream.clone(),
+        waited_ms: pending.since.elapsed().as_millis() as u64,
+        last: format!("{reason:?}"),
     };
-    pending.completion.resolve(Err(error));
+    pending.resolve(Err(error));
 }
 
 #[cfg(test)]

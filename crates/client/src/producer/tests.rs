@@ -18,6 +18,18 @@ use super::*;
 struct Recording {
     inner: Arc<dyn StreamBackend>,
     calls: Mutex<Vec<Vec<Vec<String>>>>,
+    /// Entries whose key starts with this fail as throttled, unwritten.
+    throttle_prefix: Option<&'static str>,
+}
+
+impl Recording {
+    fn new(inner: Arc<dyn StreamBackend>) -> Self {
+        Self {
+            inner,
+            calls: Mutex::new(Vec::new()),
+            throttle_prefix: None,
+        }
+    }
 }
 
 /// The user records in a stored record: itself, or an aggregate's content.
@@ -59,7 +71,35 @@ impl StreamBackend for Recording {
                 })
                 .collect(),
         );
-        self.inner.put_records(n, r).await
+        let Some(prefix) = self.throttle_prefix else {
+            return self.inner.put_records(n, r).await;
+        };
+        let throttled: Vec<bool> = r
+            .iter()
+            .map(|r| r.partition_key.starts_with(prefix))
+            .collect();
+        let passed: Vec<PutRecord> = r
+            .into_iter()
+            .zip(&throttled)
+            .filter(|(_, t)| !**t)
+            .map(|(r, _)| r)
+            .collect();
+        let mut stored = if passed.is_empty() {
+            Vec::new()
+        } else {
+            self.inner.put_records(n, passed).await?
+        }
+        .into_iter();
+        Ok(throttled
+            .into_iter()
+            .map(|t| {
+                if t {
+                    PutResult::Failed(PutFailure::Throttled("test".into()))
+                } else {
+                    stored.next().unwrap()
+                }
+            })
+            .collect())
     }
     async fn get_shard_iterator(
         &self,
@@ -152,10 +192,7 @@ async fn partial_failures_lose_nothing(
             ..Faults::default()
         },
     ));
-    let recording = Arc::new(Recording {
-        inner: faulty,
-        calls: Mutex::new(Vec::new()),
-    });
+    let recording = Arc::new(Recording::new(faulty));
     let config = ProducerConfig {
         backoff: Backoff::for_tests(),
         aggregate_max_bytes,
@@ -285,10 +322,7 @@ async fn one_call_carries_records_of_every_shard() {
     let local: Arc<dyn StreamBackend> =
         Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
     local.create_stream("s", 4).await.unwrap();
-    let recording = Arc::new(Recording {
-        inner: local.clone(),
-        calls: Mutex::new(Vec::new()),
-    });
+    let recording = Arc::new(Recording::new(local.clone()));
     let producer = Producer::start(recording.clone(), "s", ProducerConfig::default())
         .await
         .unwrap();
@@ -314,4 +348,48 @@ async fn one_call_carries_records_of_every_shard() {
         .map(|key| PutRecord::new(key.clone(), Bytes::new()).hash_key() >> 126)
         .collect();
     assert_eq!(shards_in_call.len(), 4, "the call spans all four shards");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn send_each_reports_every_record_and_gives_up_at_the_deadline() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("s", 2).await.unwrap();
+    let recording = Arc::new(Recording {
+        throttle_prefix: Some("slow"),
+        ..Recording::new(local.clone())
+    });
+    let producer = Producer::start(recording, "s", ProducerConfig::default())
+        .await
+        .unwrap();
+    let keys = ["ok-1", "slow-1", "ok-2", "slow-2", "ok-3"];
+    let records = keys
+        .iter()
+        .map(|k| PutRecord::new(*k, Bytes::from_static(b"v")))
+        .collect();
+    let deadline = Instant::now() + Duration::from_millis(300);
+    let outcomes = tokio::time::timeout(
+        Duration::from_secs(20),
+        producer.send_each(records, deadline),
+    )
+    .await
+    .expect("send_each returns soon after its deadline");
+    for (key, outcome) in keys.iter().zip(&outcomes) {
+        if key.starts_with("slow") {
+            assert!(
+                matches!(outcome, Err(ProduceError::GaveUp { .. })),
+                "{key}: {outcome:?}"
+            );
+        } else {
+            assert_eq!(outcome, &Ok(()), "{key}");
+        }
+    }
+    let stored: Vec<String> = read_everything(&local, "s")
+        .await
+        .into_iter()
+        .map(|r| r.partition_key)
+        .collect();
+    assert_eq!(stored.len(), 3, "{stored:?}");
+    assert!(stored.iter().all(|k| k.starts_with("ok")));
 }
