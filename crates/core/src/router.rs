@@ -31,6 +31,9 @@ pub enum DeadLetterReason {
     },
     /// A KPL aggregate whose digest matches but whose content does not decode.
     BadAggregate(AggregateError),
+    /// A record the transport could not hand over whole (bad base64, no
+    /// sequence number): what is wrong.
+    BadRecord(String),
 }
 
 impl DeadLetterReason {
@@ -39,6 +42,7 @@ impl DeadLetterReason {
             DeadLetterReason::NotEnvelope(e) => e.code(),
             DeadLetterReason::TooLarge { .. } => "too_large",
             DeadLetterReason::BadAggregate(_) => "bad_aggregate",
+            DeadLetterReason::BadRecord(_) => "bad_record",
         }
     }
 
@@ -49,6 +53,7 @@ impl DeadLetterReason {
                 format!("{size} bytes is over the {limit}-byte router limit")
             }
             DeadLetterReason::BadAggregate(e) => e.to_string(),
+            DeadLetterReason::BadRecord(what) => what.clone(),
         }
     }
 }

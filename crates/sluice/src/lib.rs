@@ -9,5 +9,6 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod error;
+pub mod lambda;
 pub mod router;
 pub mod server;

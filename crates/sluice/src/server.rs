@@ -205,6 +205,31 @@ pub async fn ensure_streams(
     Ok(())
 }
 
+/// The stream backend behind the configured fault injection, if any.
+pub fn with_faults(streams: Arc<dyn StreamBackend>, config: &Config) -> Arc<dyn StreamBackend> {
+    let Some(f) = &config.faults else {
+        return streams;
+    };
+    tracing::warn!(
+        ?f,
+        "fault injection is on: calls will fail, time out and slow down on purpose"
+    );
+    Arc::new(FaultyStreams::new(
+        streams,
+        Faults {
+            entry_failure_rate: f.entry_failure_rate,
+            call_failure_rate: f.call_failure_rate,
+            timeout_rate: f.timeout_rate,
+            read_throttle_rate: f.read_throttle_rate,
+            expired_iterator_rate: f.expired_iterator_rate,
+            delay_rate: f.delay_rate,
+            max_delay: Duration::from_millis(f.max_delay_ms),
+            seed: f.seed,
+            stall: None,
+        },
+    ))
+}
+
 fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
     let Some(var) = &config.collector.tokens_env else {
         return Ok(Vec::new());
@@ -282,25 +307,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     };
     let store = Store::open(&backend, options.data_dir).await?;
     let (mut streams, table) = (store.streams.clone(), store.table.clone());
-    if let Some(f) = &config.faults {
-        tracing::warn!(
-            ?f,
-            "fault injection is on: PutRecords will fail, time out and slow down on purpose"
-        );
-        streams = Arc::new(FaultyStreams::new(
-            streams,
-            Faults {
-                entry_failure_rate: f.entry_failure_rate,
-                call_failure_rate: f.call_failure_rate,
-                timeout_rate: f.timeout_rate,
-                read_throttle_rate: f.read_throttle_rate,
-                expired_iterator_rate: f.expired_iterator_rate,
-                delay_rate: f.delay_rate,
-                max_delay: Duration::from_millis(f.max_delay_ms),
-                seed: f.seed,
-                stall: None,
-            },
-        ));
+    if config.faults.is_some() {
+        streams = with_faults(streams, &config);
     }
     ensure_streams(streams.as_ref(), &config, store.create_missing).await?;
     if !store.create_missing {

@@ -1,13 +1,14 @@
 //! The router: the pure routing function lives in `sluice_core::router`;
 //! this module holds what runs it. [`worker`] is the self-hosted worker
-//! that reads the inbound stream shard by shard.
+//! that reads the inbound stream shard by shard; `crate::lambda` is the
+//! AWS Lambda adapter.
 
 pub mod worker;
 
 use std::sync::Arc;
 
 use sluice_client::{ProduceError, Producer};
-use sluice_core::router::{route_batch, RouterOptions};
+use sluice_core::router::{route_batch, RoutedBatch, RouterOptions};
 use sluice_core::rules::RuleSet;
 use sluice_core::stream::Record;
 use sluice_telemetry::metrics;
@@ -24,22 +25,7 @@ pub struct RouteAndDeliver {
 impl RouteAndDeliver {
     pub async fn handle(&self, records: &[Record]) -> Result<(), ProduceError> {
         let batch = route_batch(&self.rules, &self.options, records);
-        metrics::ROUTER_RECORDS_IN
-            .counter(&[])
-            .add(records.len() as u64);
-        for (route, count) in self.rules.route_names().iter().zip(&batch.per_route) {
-            if *count > 0 {
-                metrics::ROUTER_ROUTED
-                    .counter(&[("route", route)])
-                    .add(*count);
-            }
-        }
-        metrics::ROUTER_UNMATCHED.counter(&[]).add(batch.unmatched);
-        for (reason, count) in &batch.dead_letters {
-            metrics::ROUTER_DEAD_LETTERS
-                .counter(&[("reason", reason)])
-                .add(*count);
-        }
+        count_batch(&self.rules, records.len(), &batch);
         let sends = batch
             .outputs
             .into_iter()
@@ -50,5 +36,25 @@ impl RouteAndDeliver {
             outcome?;
         }
         Ok(())
+    }
+}
+
+/// Counts a routed batch in the router's metrics.
+pub fn count_batch(rules: &RuleSet, records_in: usize, batch: &RoutedBatch) {
+    metrics::ROUTER_RECORDS_IN
+        .counter(&[])
+        .add(records_in as u64);
+    for (route, count) in rules.route_names().iter().zip(&batch.per_route) {
+        if *count > 0 {
+            metrics::ROUTER_ROUTED
+                .counter(&[("route", route)])
+                .add(*count);
+        }
+    }
+    metrics::ROUTER_UNMATCHED.counter(&[]).add(batch.unmatched);
+    for (reason, count) in &batch.dead_letters {
+        metrics::ROUTER_DEAD_LETTERS
+            .counter(&[("reason", reason)])
+            .add(*count);
     }
 }

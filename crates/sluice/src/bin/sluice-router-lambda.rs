@@ -1,0 +1,71 @@
+//! `sluice-router-lambda`: the Sluice router as an AWS Lambda function
+//! (custom runtime, `provided.al2023`) on the inbound stream's Kinesis event
+//! source mapping.
+//!
+//! Configuration: `SLUICE_CONFIG` names the bundled `sluice.toml`, or
+//! `SLUICE_RULES` holds its text; AWS endpoints and credentials come from the
+//! standard SDK variables. `SLUICE_DEADLINE_MARGIN_MS` (default 1000) is the
+//! time kept back from each invocation's deadline to answer. An invalid
+//! configuration stops the cold start with one log line.
+
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use lambda_runtime::{service_fn, Error, LambdaEvent};
+use sluice::config::BackendConfig;
+use sluice::lambda::{config_from_env, KinesisInput, LambdaRouter};
+use sluice_backends::aws::AwsSettings;
+use sluice_telemetry::LogFormat;
+
+#[tokio::main]
+async fn main() -> ExitCode {
+    sluice_telemetry::init_logging(LogFormat::Json);
+    let config = match config_from_env() {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(error = %error, "invalid configuration; the function cannot start");
+            return ExitCode::FAILURE;
+        }
+    };
+    let margin = match std::env::var("SLUICE_DEADLINE_MARGIN_MS") {
+        Err(_) => Duration::from_millis(1000),
+        Ok(text) => match text.parse() {
+            Ok(ms) => Duration::from_millis(ms),
+            Err(_) => {
+                tracing::error!(value = %text, "SLUICE_DEADLINE_MARGIN_MS: expected milliseconds; the function cannot start");
+                return ExitCode::FAILURE;
+            }
+        },
+    };
+    let settings = match &config.backend {
+        BackendConfig::Aws(aws) => AwsSettings {
+            region: aws.region.clone(),
+            kinesis_endpoint: aws.kinesis_endpoint.clone(),
+            dynamodb_endpoint: aws.dynamodb_endpoint.clone(),
+            wait_active: None,
+        },
+        // The function always runs on AWS; the file's local backend is for
+        // `sluice up` and is ignored here.
+        BackendConfig::Local { .. } => AwsSettings::default(),
+    };
+    let (streams, _) = sluice_backends::aws::connect(&settings).await;
+    // [faults] works here as in `sluice up`: for tests and drills only.
+    let streams = sluice::server::with_faults(Arc::new(streams), &config);
+    let router = Arc::new(LambdaRouter::new(&config, streams, margin));
+    tracing::info!(outputs = ?config.rules().streams(), "router ready");
+    let handler = service_fn(move |event: LambdaEvent<KinesisInput>| {
+        let router = router.clone();
+        async move {
+            let deadline = router.delivery_deadline(event.context.deadline);
+            Ok::<_, Error>(router.handle(event.payload, deadline).await)
+        }
+    });
+    match lambda_runtime::run(handler).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            tracing::error!(error = %error, "the Lambda runtime stopped");
+            ExitCode::FAILURE
+        }
+    }
+}

@@ -1,0 +1,305 @@
+//! The router as an AWS Lambda function on the inbound stream's event source
+//! mapping: a thin adapter around the pure router that the worker uses too.
+//!
+//! One invocation routes its batch and writes every output with PutRecords,
+//! retrying failed entries until shortly before the invocation's deadline.
+//! What is still undelivered then is reported in `batchItemFailures` with
+//! the sequence number of the first input record not fully delivered, so
+//! Lambda retries from there and nothing is skipped (records after it that
+//! were delivered come again: duplicates, never loss). A record that is not
+//! an envelope, or that cannot be decoded at all, goes to dead-letter and
+//! never fails the batch.
+
+pub mod runtime_api;
+
+use std::borrow::Cow;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
+use base64::Engine;
+use bytes::Bytes;
+use serde::Deserialize;
+use tokio::sync::OnceCell;
+use tokio::time::Instant;
+
+use sluice_client::{ProduceError, Producer, ProducerConfig};
+use sluice_core::router::{dead_letter, route_batch, DeadLetterReason, RouterOptions, Unit};
+use sluice_core::rules::RuleSet;
+use sluice_core::stream::{PutRecord, Record};
+use sluice_core::{SequenceNumber, StreamBackend};
+
+use crate::config::{Config, OutputConfig};
+use crate::router::count_batch;
+
+/// The Kinesis event as Lambda delivers it. Read leniently on purpose: a
+/// record with bad base64 or missing fields must reach dead-letter on its
+/// own, not fail the decoding of its whole batch (which Lambda would retry
+/// forever, stalling the shard).
+#[derive(Debug, Default, Deserialize)]
+pub struct KinesisInput {
+    #[serde(rename = "Records", default)]
+    pub records: Vec<InputRecord>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+pub struct InputRecord {
+    #[serde(default)]
+    pub kinesis: InputKinesis,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InputKinesis {
+    #[serde(default)]
+    pub partition_key: String,
+    #[serde(default)]
+    pub sequence_number: String,
+    #[serde(default)]
+    pub data: String,
+    /// Seconds since the Unix epoch.
+    #[serde(default)]
+    pub approximate_arrival_timestamp: Option<f64>,
+}
+
+/// Where the function's configuration comes from: inline TOML in
+/// `SLUICE_RULES`, or the file named by `SLUICE_CONFIG` (bundled with the
+/// function), in the format of `sluice.toml`.
+pub fn config_from_env() -> Result<Config, String> {
+    if let Ok(text) = std::env::var("SLUICE_RULES") {
+        return Config::parse(&text, "SLUICE_RULES").map_err(|e| e.to_string());
+    }
+    match std::env::var("SLUICE_CONFIG") {
+        Ok(path) => Config::load(Some(Path::new(&path))).map_err(|e| e.to_string()),
+        Err(_) => Err(
+            "set SLUICE_CONFIG to the bundled configuration file, or SLUICE_RULES to its text"
+                .into(),
+        ),
+    }
+}
+
+/// What one invocation did, for its log line and for tests.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct Summary {
+    pub records: usize,
+    pub outputs: usize,
+    pub dead_lettered: usize,
+    /// Index of the first input record not fully delivered.
+    pub first_failed: Option<usize>,
+}
+
+/// The Lambda router: rules, outputs and their producers, kept warm across
+/// invocations.
+pub struct LambdaRouter {
+    rules: Arc<RuleSet>,
+    options: RouterOptions,
+    streams: Arc<dyn StreamBackend>,
+    /// One per stream of `rules.streams()`, started on first use, so a cold
+    /// start makes no network call and a missing stream fails only the
+    /// records bound for it.
+    producers: Vec<OnceCell<Producer>>,
+    producer_configs: Vec<ProducerConfig>,
+    /// Time kept back from the invocation's deadline for the answer.
+    margin: Duration,
+}
+
+impl LambdaRouter {
+    pub fn new(config: &Config, streams: Arc<dyn StreamBackend>, margin: Duration) -> Self {
+        let rules = Arc::new(config.rules());
+        let producer_configs = rules
+            .streams()
+            .iter()
+            .map(|name| ProducerConfig {
+                backoff: config.router.retry.clone(),
+                aggregate_max_bytes: config.outputs.get(name).and_then(OutputConfig::aggregation),
+                ..ProducerConfig::default()
+            })
+            .collect();
+        Self {
+            producers: rules.streams().iter().map(|_| OnceCell::new()).collect(),
+            producer_configs,
+            rules,
+            options: RouterOptions {
+                source_stream: config.inbound.clone(),
+                max_record_bytes: config.router.max_record_bytes,
+            },
+            streams,
+            margin,
+        }
+    }
+
+    /// The deadline for deliveries, from the invocation's deadline (ms since
+    /// the Unix epoch) less the margin.
+    pub fn delivery_deadline(&self, invocation_deadline_ms: u64) -> Instant {
+        let now_ms = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        let remaining = Duration::from_millis(invocation_deadline_ms.saturating_sub(now_ms));
+        Instant::now() + remaining.saturating_sub(self.margin)
+    }
+
+    async fn producer(&self, index: usize) -> Result<&Producer, ProduceError> {
+        self.producers[index]
+            .get_or_try_init(|| {
+                Producer::start(
+                    self.streams.clone(),
+                    &self.rules.streams()[index],
+                    self.producer_configs[index].clone(),
+                )
+            })
+            .await
+    }
+
+    /// Routes and delivers one batch; the answer for Lambda.
+    pub async fn handle(&self, input: KinesisInput, deadline: Instant) -> KinesisEventResponse {
+        let (summary, first_failed) = self.route(&input, deadline).await;
+        tracing::info!(
+            records = summary.records,
+            outputs = summary.outputs,
+            dead_lettered = summary.dead_lettered,
+            first_failed = ?first_failed,
+            "batch routed"
+        );
+        let mut response = KinesisEventResponse::default();
+        if let Some(sequence) = first_failed {
+            let mut failure = KinesisBatchItemFailure::default();
+            failure.item_identifier = Some(sequence);
+            response.batch_item_failures.push(failure);
+        }
+        response
+    }
+
+    /// Routes and delivers; returns what happened and the sequence number
+    /// Lambda must retry from, if any.
+    pub async fn route(
+        &self,
+        input: &KinesisInput,
+        deadline: Instant,
+    ) -> (Summary, Option<String>) {
+        let dead_letter_stream = self.rules.dead_letter_stream();
+        let mut records = Vec::with_capacity(input.records.len());
+        // Input position of each record in `records`.
+        let mut positions = Vec::with_capacity(input.records.len());
+        let mut undecodable = Vec::new();
+        for (position, entry) in input.records.iter().enumerate() {
+            match decode_record(&entry.kinesis) {
+                Ok(record) => {
+                    records.push(record);
+                    positions.push(position as u32);
+                }
+                Err(reason) => undecodable.push((position as u32, reason)),
+            }
+        }
+        let mut batch = route_batch(&self.rules, &self.options, &records);
+        for sources in &mut batch.sources {
+            for source in sources.iter_mut() {
+                *source = positions[*source as usize];
+            }
+        }
+        for (position, reason) in undecodable {
+            let raw = &input.records[position as usize].kinesis;
+            let record = Record {
+                sequence_number: SequenceNumber::parse(&raw.sequence_number)
+                    .unwrap_or_else(|| SequenceNumber::from_u64(0)),
+                partition_key: if raw.partition_key.is_empty() {
+                    "undecodable".into()
+                } else {
+                    raw.partition_key.clone()
+                },
+                data: Bytes::copy_from_slice(raw.data.as_bytes()),
+                arrival_ms: 0,
+            };
+            let unit = Unit {
+                record: &record,
+                source: position,
+                sub_sequence: None,
+                partition_key: Cow::Borrowed(&record.partition_key),
+                data: Cow::Borrowed(&record.data),
+            };
+            let reason = DeadLetterReason::BadRecord(reason);
+            batch.dead_letters.push((reason.code(), 1));
+            batch.outputs[dead_letter_stream].push(dead_letter(&self.options, &unit, &reason));
+            batch.sources[dead_letter_stream].push(position);
+        }
+        count_batch(&self.rules, input.records.len(), &batch);
+
+        let mut summary = Summary {
+            records: input.records.len(),
+            outputs: batch.outputs.iter().map(Vec::len).sum(),
+            dead_lettered: batch.outputs[dead_letter_stream].len(),
+            first_failed: None,
+        };
+        let deliveries = batch
+            .outputs
+            .into_iter()
+            .zip(batch.sources)
+            .enumerate()
+            .filter(|(_, (records, _))| !records.is_empty())
+            .map(|(index, (records, sources))| self.deliver(index, records, sources, deadline));
+        for failed in futures::future::join_all(deliveries)
+            .await
+            .into_iter()
+            .flatten()
+        {
+            summary.first_failed = Some(summary.first_failed.map_or(failed, |f| f.min(failed)));
+        }
+        let retry_from = summary
+            .first_failed
+            .map(|i| input.records[i].kinesis.sequence_number.clone());
+        (summary, retry_from)
+    }
+
+    /// Writes one output; the input position of its first failed record.
+    async fn deliver(
+        &self,
+        index: usize,
+        records: Vec<PutRecord>,
+        sources: Vec<u32>,
+        deadline: Instant,
+    ) -> Option<usize> {
+        let stream = &self.rules.streams()[index];
+        let outcomes = match self.producer(index).await {
+            Ok(producer) => producer.send_each(records, deadline).await,
+            Err(error) => vec![Err(error); records.len()],
+        };
+        let mut first: Option<(usize, &ProduceError)> = None;
+        for (outcome, source) in outcomes.iter().zip(&sources) {
+            if let Err(error) = outcome {
+                let source = *source as usize;
+                if first.is_none_or(|(f, _)| source < f) {
+                    first = Some((source, error));
+                }
+            }
+        }
+        let (position, error) = first?;
+        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        tracing::error!(stream = %stream, failed, error = %error, "records not delivered; Lambda will retry the batch from the first of them");
+        Some(position)
+    }
+}
+
+/// A Lambda Kinesis record as a stream record, or what is wrong with it.
+fn decode_record(kinesis: &InputKinesis) -> Result<Record, String> {
+    let sequence_number = SequenceNumber::parse(&kinesis.sequence_number).ok_or_else(|| {
+        format!(
+            "sequence number {:?} is not a decimal number",
+            kinesis.sequence_number
+        )
+    })?;
+    let data = base64::engine::general_purpose::STANDARD
+        .decode(&kinesis.data)
+        .map_err(|e| format!("data is not base64: {e}"))?;
+    if kinesis.partition_key.is_empty() {
+        return Err("no partition key".into());
+    }
+    Ok(Record {
+        sequence_number,
+        partition_key: kinesis.partition_key.clone(),
+        data: Bytes::from(data),
+        arrival_ms: kinesis
+            .approximate_arrival_timestamp
+            .map_or(0, |s| (s * 1000.0) as i64),
+    })
+}
