@@ -1,17 +1,22 @@
 # Sourced by scripts/test and scripts/bench-aws: installs the Kinesis and
 # DynamoDB API servers into the checkout (moto in .venv, kinesalite in
 # .tools) with the Python KPL aggregation library (in .venv, exported as
-# SLUICE_TEST_PYTHON), starts each on a free loopback port, exports SLUICE_TEST_MOTO and
+# SLUICE_TEST_PYTHON) and cfn-lint for the deployment template, starts each on a free loopback port, exports SLUICE_TEST_MOTO and
 # SLUICE_TEST_KINESALITE, and stops them when the calling script exits.
 
 MOTO_VERSION=5.2.5
 KINESALITE_VERSION=3.3.3
 KINESIS_AGG_VERSION=1.2.3
+# This version runs the SAM transform offline and checks inside Serverless
+# resources; later ones skip them.
+CFN_LINT_VERSION=1.53.3
 
 install_servers() {
-  if ! .venv/bin/python -c "import moto, aws_kinesis_agg; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null; then
+  if ! .venv/bin/python -c "import moto, aws_kinesis_agg; assert moto.__version__ == '$MOTO_VERSION'" 2>/dev/null \
+    || [ "$(.venv/bin/cfn-lint --version 2>/dev/null)" != "cfn-lint $CFN_LINT_VERSION" ]; then
     python3 -m venv .venv
-    .venv/bin/pip install --quiet "moto[server]==$MOTO_VERSION" "aws-kinesis-agg==$KINESIS_AGG_VERSION"
+    .venv/bin/pip install --quiet "moto[server]==$MOTO_VERSION" "aws-kinesis-agg==$KINESIS_AGG_VERSION" \
+      "cfn-lint==$CFN_LINT_VERSION"
   fi
   # The Python aggregation library checks Sluice's KPL codec from outside.
   export SLUICE_TEST_PYTHON="$PWD/.venv/bin/python"

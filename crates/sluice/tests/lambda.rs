@@ -435,3 +435,50 @@ fn an_invalid_configuration_fails_the_cold_start_with_one_line() {
     assert!(lines[0].contains("prefx"), "{stderr}");
     assert!(lines[0].contains("invalid configuration"), "{stderr}");
 }
+
+/// The rules the deployment template gives the function are a valid
+/// configuration once CloudFormation has filled in the stream names.
+#[test]
+fn the_rules_in_the_deployment_template_load() {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/template.yaml"
+    ))
+    .unwrap();
+    let mut lines = template
+        .lines()
+        .skip_while(|l| !l.trim_start().starts_with("SLUICE_RULES: !Sub |"));
+    let key = lines.next().expect("SLUICE_RULES in the template");
+    let indent = key.len() - key.trim_start().len();
+    let block: Vec<&str> = lines
+        .take_while(|l| l.trim().is_empty() || l.len() - l.trim_start().len() > indent)
+        .collect();
+    let body_indent = block
+        .iter()
+        .map(|l| l.len() - l.trim_start().len())
+        .min()
+        .unwrap();
+    let mut text: String = block
+        .iter()
+        .map(|l| format!("{}\n", &l[body_indent.min(l.len())..]))
+        .collect();
+    for name in [
+        "InboundStream",
+        "TransactionsStream",
+        "ClickstreamStream",
+        "UnroutedStream",
+        "DeadLetterStream",
+    ] {
+        let stack_name = format!(
+            "sluice-prod-{}",
+            name.trim_end_matches("Stream").to_lowercase()
+        );
+        text = text.replace(&format!("${{{name}}}"), &stack_name);
+    }
+    assert!(!text.contains("${"), "every substitution is known: {text}");
+    let config = sluice::config::Config::parse(&text, "template.yaml SLUICE_RULES")
+        .unwrap_or_else(|e| panic!("{e}\n{text}"));
+    assert_eq!(config.inbound, "sluice-prod-inbound");
+    assert_eq!(config.rules().streams().len(), 4);
+    assert!(config.outputs["sluice-prod-clickstream"].aggregate);
+}
