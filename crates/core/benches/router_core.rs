@@ -5,17 +5,14 @@
 //!
 //! cargo bench -p sluice-core --bench router_core
 
-use std::path::Path;
-
-use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use serde_json::Value;
 
-use sluice_core::envelope;
 use sluice_core::router::{route_batch, RouterOptions};
 use sluice_core::rules::{DeadLetter, Route, RuleSet, Unmatched};
 use sluice_core::stream::Record;
-use sluice_core::SequenceNumber;
+
+#[path = "support/sample.rs"]
+mod sample;
 
 const RULES: &str = r#"
 [[routes]]
@@ -111,44 +108,8 @@ fn rules() -> RuleSet {
     RuleSet::new(&routes, &Unmatched::default(), &DeadLetter::default())
 }
 
-/// The sample events wrapped as the collector does, each padded to `size` bytes.
 fn records(size: usize) -> Vec<Record> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/website-events.ndjson");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .take(10_000)
-        .enumerate()
-        .map(|(i, line)| {
-            let event: Value = serde_json::from_str(line).unwrap();
-            let mut headers = vec![
-                ("type".to_owned(), event["type"].clone()),
-                ("source".to_owned(), Value::from("web")),
-                (
-                    "event_id".to_owned(),
-                    Value::from(format!("0193a0b1-7c2d-7e3f-8a4b-{i:012}")),
-                ),
-                ("ts".to_owned(), event["ts"].clone()),
-            ];
-            for (k, v) in event["headers"].as_object().unwrap() {
-                headers.push((k.clone(), v.clone()));
-            }
-            let payload = serde_json::to_string(&event["payload"]).unwrap();
-            let head = envelope::encode(headers.iter().map(|(k, v)| (k.as_str(), v)), Some(b"{}"));
-            let pad = size.saturating_sub(head.len() + payload.len() + 20);
-            let padded = format!(r#"{{"event":{payload},"pad":"{}"}}"#, "x".repeat(pad));
-            let data = envelope::encode(
-                headers.iter().map(|(k, v)| (k.as_str(), v)),
-                Some(padded.as_bytes()),
-            );
-            Record {
-                sequence_number: SequenceNumber::from_u64(i as u64),
-                partition_key: event["partition_key"].as_str().unwrap().to_owned(),
-                data: Bytes::from(data),
-                arrival_ms: 0,
-            }
-        })
-        .collect()
+    sample::records(size, 10_000)
 }
 
 fn bench(c: &mut Criterion) {
