@@ -2,8 +2,8 @@
 //! Kinesis event JSON (base64 data), route with the example rules of
 //! `sluice.toml`, and hand every output to the producers, which batch it for
 //! a stream backend that acknowledges at once. Batches of 100 and 10,000
-//! records of 1 KiB (the shared sample events, padded), with plain and with
-//! aggregated outputs.
+//! records of 1 KiB and 10,000 of 300 B (the shared sample events, padded or
+//! as they are), with plain and with aggregated outputs.
 //!
 //! cargo bench -p sluice --bench lambda_handler
 
@@ -86,8 +86,8 @@ impl StreamBackend for Acknowledging {
 }
 
 /// The event JSON Lambda would deliver for `count` sample records.
-fn event(count: usize) -> Vec<u8> {
-    let records: Vec<serde_json::Value> = sample::records(1024, count)
+fn event(count: usize, size: usize) -> Vec<u8> {
+    let records: Vec<serde_json::Value> = sample::records(size, count)
         .into_iter()
         .enumerate()
         .map(|(i, r)| {
@@ -133,10 +133,11 @@ fn bench(c: &mut Criterion) {
         } else {
             "plain_outputs"
         };
-        for count in [100usize, 10_000] {
-            let json = event(count);
+        for (count, size) in [(100usize, 1024usize), (10_000, 1024), (10_000, 300)] {
+            let json = event(count, size);
             group.throughput(Throughput::Elements(count as u64));
-            group.bench_with_input(BenchmarkId::new(name, count), &json, |b, json| {
+            let id = BenchmarkId::new(name, format!("{count}x{size}B"));
+            group.bench_with_input(id, &json, |b, json| {
                 b.iter(|| {
                     runtime.block_on(async {
                         let input: KinesisInput = serde_json::from_slice(json).unwrap();

@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use sluice_core::aggregate::{self, Aggregator};
+use sluice_core::hash::partition_hash;
 use sluice_core::limits::{
     put_entry_bytes, MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, MAX_RECORD_BYTES,
 };
@@ -116,6 +117,11 @@ impl Completion {
 
 struct Pending {
     record: PutRecord,
+    /// The hash key that places the record (its own, or its key's MD5).
+    hash: u128,
+    /// Stands for the partition key in the one-entry-per-key rule (64 bits
+    /// of its MD5; a collision only defers a record to the next call).
+    key: u64,
     lane: usize,
     /// Position in its `send`.
     index: u32,
@@ -257,13 +263,13 @@ impl Producer {
         {
             let mut lanes = self.inner.lanes.lock().expect("lanes lock");
             for (index, record) in records.into_iter().enumerate() {
-                let lane = self
-                    .inner
-                    .starts
-                    .partition_point(|s| *s <= record.hash_key())
-                    - 1;
+                let key_hash = partition_hash(&record.partition_key);
+                let hash = record.explicit_hash_key.unwrap_or(key_hash);
+                let lane = self.inner.starts.partition_point(|s| *s <= hash) - 1;
                 lanes.lanes[lane].queue.push_back(Pending {
                     record,
+                    hash,
+                    key: key_hash as u64,
                     lane,
                     index: index as u32,
                     completion: completion.clone(),
@@ -300,7 +306,7 @@ struct Entry {
 struct CallBuilder {
     entries: Vec<Entry>,
     /// Partition keys in the call: a key appears in one entry at most.
-    keys: HashSet<String>,
+    keys: HashSet<u64>,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
@@ -320,7 +326,7 @@ impl CallBuilder {
     fn push(&mut self, entry: Entry) {
         self.bytes += put_entry_bytes(&entry.record.partition_key, entry.record.data.len());
         for member in &entry.members {
-            self.keys.insert(member.record.partition_key.clone());
+            self.keys.insert(member.key);
         }
         self.entries.push(entry);
     }
@@ -372,7 +378,7 @@ impl Packing {
             // The aggregate goes where its first record goes.
             PutRecord {
                 partition_key: first.record.partition_key.clone(),
-                explicit_hash_key: Some(first.record.hash_key()),
+                explicit_hash_key: Some(first.hash),
                 data,
             }
         };
@@ -407,7 +413,7 @@ fn take_from_lane(
             continue;
         }
         let Some(max) = aggregate_max else {
-            if call.keys.contains(&pending.record.partition_key) {
+            if call.keys.contains(&pending.key) {
                 if skips_left == 0 {
                     queue.push_front(pending);
                     break;
@@ -432,7 +438,7 @@ fn take_from_lane(
                 call.push(entry);
             }
         }
-        if call.keys.contains(&pending.record.partition_key) {
+        if call.keys.contains(&pending.key) {
             if skips_left == 0 {
                 queue.push_front(pending);
                 break;

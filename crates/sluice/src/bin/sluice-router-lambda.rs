@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
+use serde_json::value::RawValue;
 use sluice::config::BackendConfig;
 use sluice::lambda::{config_from_env, KinesisInput, LambdaRouter};
 use sluice_backends::aws::AwsSettings;
@@ -54,11 +55,14 @@ async fn main() -> ExitCode {
     let streams = sluice::server::with_faults(Arc::new(streams), &config);
     let router = Arc::new(LambdaRouter::new(&config, streams, margin));
     tracing::info!(outputs = ?config.rules().streams(), "router ready");
-    let handler = service_fn(move |event: LambdaEvent<KinesisInput>| {
+    // The event text is kept whole and read in place: records borrow from it.
+    let handler = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
         let router = router.clone();
         async move {
             let deadline = router.delivery_deadline(event.context.deadline);
-            Ok::<_, Error>(router.handle(event.payload, deadline).await)
+            let input: KinesisInput = serde_json::from_str(event.payload.get())
+                .map_err(|e| format!("not a Kinesis event: {e}"))?;
+            Ok::<_, Error>(router.handle(input, deadline).await)
         }
     });
     match lambda_runtime::run(handler).await {

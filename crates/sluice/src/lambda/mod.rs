@@ -18,7 +18,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
-use base64::Engine;
 use bytes::Bytes;
 use serde::Deserialize;
 use tokio::sync::OnceCell;
@@ -37,27 +36,29 @@ use crate::router::count_batch;
 /// record with bad base64 or missing fields must reach dead-letter on its
 /// own, not fail the decoding of its whole batch (which Lambda would retry
 /// forever, stalling the shard).
+/// Strings are borrowed from the event text where they hold no escapes (the
+/// base64 data never does), so reading a batch copies no record.
 #[derive(Debug, Default, Deserialize)]
-pub struct KinesisInput {
-    #[serde(rename = "Records", default)]
-    pub records: Vec<InputRecord>,
+pub struct KinesisInput<'a> {
+    #[serde(rename = "Records", default, borrow)]
+    pub records: Vec<InputRecord<'a>>,
 }
 
 #[derive(Debug, Default, Deserialize)]
-pub struct InputRecord {
-    #[serde(default)]
-    pub kinesis: InputKinesis,
+pub struct InputRecord<'a> {
+    #[serde(default, borrow)]
+    pub kinesis: InputKinesis<'a>,
 }
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(rename_all = "camelCase")]
-pub struct InputKinesis {
-    #[serde(default)]
-    pub partition_key: String,
-    #[serde(default)]
-    pub sequence_number: String,
-    #[serde(default)]
-    pub data: String,
+pub struct InputKinesis<'a> {
+    #[serde(default, borrow)]
+    pub partition_key: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub sequence_number: Cow<'a, str>,
+    #[serde(default, borrow)]
+    pub data: Cow<'a, str>,
     /// Seconds since the Unix epoch.
     #[serde(default)]
     pub approximate_arrival_timestamp: Option<f64>,
@@ -153,7 +154,7 @@ impl LambdaRouter {
     }
 
     /// Routes and delivers one batch; the answer for Lambda.
-    pub async fn handle(&self, input: KinesisInput, deadline: Instant) -> KinesisEventResponse {
+    pub async fn handle(&self, input: KinesisInput<'_>, deadline: Instant) -> KinesisEventResponse {
         let (summary, first_failed) = self.route(&input, deadline).await;
         tracing::info!(
             records = summary.records,
@@ -175,7 +176,7 @@ impl LambdaRouter {
     /// Lambda must retry from, if any.
     pub async fn route(
         &self,
-        input: &KinesisInput,
+        input: &KinesisInput<'_>,
         deadline: Instant,
     ) -> (Summary, Option<String>) {
         let dead_letter_stream = self.rules.dead_letter_stream();
@@ -183,8 +184,9 @@ impl LambdaRouter {
         // Input position of each record in `records`.
         let mut positions = Vec::with_capacity(input.records.len());
         let mut undecodable = Vec::new();
+        let arena = decode_data(&input.records);
         for (position, entry) in input.records.iter().enumerate() {
-            match decode_record(&entry.kinesis) {
+            match decode_record(&entry.kinesis, &arena[position]) {
                 Ok(record) => {
                     records.push(record);
                     positions.push(position as u32);
@@ -206,7 +208,7 @@ impl LambdaRouter {
                 partition_key: if raw.partition_key.is_empty() {
                     "undecodable".into()
                 } else {
-                    raw.partition_key.clone()
+                    raw.partition_key.to_string()
                 },
                 data: Bytes::copy_from_slice(raw.data.as_bytes()),
                 arrival_ms: 0,
@@ -247,7 +249,7 @@ impl LambdaRouter {
         }
         let retry_from = summary
             .first_failed
-            .map(|i| input.records[i].kinesis.sequence_number.clone());
+            .map(|i| input.records[i].kinesis.sequence_number.to_string());
         (summary, retry_from)
     }
 
@@ -280,24 +282,58 @@ impl LambdaRouter {
     }
 }
 
+/// Every record's data, base64-decoded into one shared buffer: the records
+/// are slices of it, so the batch costs one allocation, not one per record.
+/// The decoder uses the CPU's vector instructions (AVX2, NEON) when present:
+/// base64 is a large part of a small record's cost.
+fn decode_data(records: &[InputRecord<'_>]) -> Vec<Result<Bytes, String>> {
+    let engine = &base64_simd::STANDARD;
+    let capacity = records
+        .iter()
+        .map(|r| engine.estimated_decoded_length(r.kinesis.data.len()))
+        .sum();
+    let mut arena = vec![0u8; capacity];
+    let mut used = 0;
+    let mut ranges = Vec::with_capacity(records.len());
+    for record in records {
+        let room = engine.estimated_decoded_length(record.kinesis.data.len());
+        let out = base64_simd::Out::from_slice(&mut arena[used..used + room]);
+        ranges.push(match engine.decode(record.kinesis.data.as_bytes(), out) {
+            Ok(decoded) => {
+                let range = used..used + decoded.len();
+                used += decoded.len();
+                Ok(range)
+            }
+            Err(_) => Err("data is not base64".to_owned()),
+        });
+    }
+    arena.truncate(used);
+    let arena = Bytes::from(arena);
+    ranges
+        .into_iter()
+        .map(|range| range.map(|r| arena.slice(r)))
+        .collect()
+}
+
 /// A Lambda Kinesis record as a stream record, or what is wrong with it.
-fn decode_record(kinesis: &InputKinesis) -> Result<Record, String> {
+fn decode_record(
+    kinesis: &InputKinesis<'_>,
+    data: &Result<Bytes, String>,
+) -> Result<Record, String> {
     let sequence_number = SequenceNumber::parse(&kinesis.sequence_number).ok_or_else(|| {
         format!(
             "sequence number {:?} is not a decimal number",
             kinesis.sequence_number
         )
     })?;
-    let data = base64::engine::general_purpose::STANDARD
-        .decode(&kinesis.data)
-        .map_err(|e| format!("data is not base64: {e}"))?;
+    let data = data.clone()?;
     if kinesis.partition_key.is_empty() {
         return Err("no partition key".into());
     }
     Ok(Record {
         sequence_number,
-        partition_key: kinesis.partition_key.clone(),
-        data: Bytes::from(data),
+        partition_key: kinesis.partition_key.to_string(),
+        data,
         arrival_ms: kinesis
             .approximate_arrival_timestamp
             .map_or(0, |s| (s * 1000.0) as i64),
