@@ -1,9 +1,11 @@
 //! The Sluice client library, "KPL and KCL for Rust": a producer that
 //! batches records into PutRecords calls while keeping order per partition
-//! key, and (in time) the consumer with leases and checkpoints.
+//! key, and a consumer that shares a stream's shards among workers through
+//! leases and checkpoints.
 //!
 //! It knows a backend only through `sluice-core`'s traits.
 
+pub mod consumer;
 pub mod producer;
 
 pub use producer::{ProduceError, Producer, ProducerConfig};

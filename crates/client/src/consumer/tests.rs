@@ -1,0 +1,361 @@
+//! Consumer tests on the embedded backend: workers sharing shards through
+//! the lease table, failover after a crash, resharding under load, restart
+//! from checkpoints.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use sluice_backends::local::{LocalStreamOptions, LocalStreams, LocalTable};
+use sluice_core::stream::PutRecord;
+use sluice_core::{StreamBackend, TableBackend};
+
+use super::*;
+use crate::{Producer, ProducerConfig};
+
+/// Everything processed, by everyone: (partition key, value) in the order
+/// each processor saw it, and which worker saw it.
+#[derive(Default)]
+struct Seen {
+    records: Mutex<Vec<(String, u64, String)>>,
+}
+
+struct Recorder {
+    worker: String,
+    seen: Arc<Seen>,
+}
+
+#[async_trait]
+impl RecordProcessor for Recorder {
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        checkpointer: &mut Checkpointer,
+    ) -> Result<(), ProcessError> {
+        {
+            let mut seen = self.seen.records.lock().unwrap();
+            for r in &batch.records {
+                let value: u64 = std::str::from_utf8(&r.data).unwrap().parse().unwrap();
+                seen.push((r.partition_key.clone(), value, self.worker.clone()));
+            }
+        }
+        checkpointer
+            .checkpoint()
+            .await
+            .map_err(|e| ProcessError::new(e.to_string()))
+    }
+}
+
+fn factory(worker: &str, seen: &Arc<Seen>) -> Arc<dyn ProcessorFactory> {
+    let (worker, seen) = (worker.to_owned(), seen.clone());
+    Arc::new(move |_: &str| -> Box<dyn RecordProcessor> {
+        Box::new(Recorder {
+            worker: worker.clone(),
+            seen: seen.clone(),
+        })
+    })
+}
+
+struct Setup {
+    _dir: tempfile::TempDir,
+    streams: Arc<dyn StreamBackend>,
+    tables: Arc<dyn TableBackend>,
+}
+
+async fn setup(shards: u32) -> Setup {
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Arc<dyn StreamBackend> = Arc::new(
+        LocalStreams::open(&dir.path().join("streams"), LocalStreamOptions::default()).unwrap(),
+    );
+    let tables: Arc<dyn TableBackend> =
+        Arc::new(LocalTable::open(&dir.path().join("tables.redb")).unwrap());
+    streams.create_stream("events", shards).await.unwrap();
+    Setup {
+        _dir: dir,
+        streams,
+        tables,
+    }
+}
+
+fn config(worker: &str) -> ConsumerConfig {
+    let mut config =
+        ConsumerConfig::new("app", "events", worker).with_failover(Duration::from_millis(1500));
+    config.idle_poll = Duration::from_millis(20);
+    config.checkpoint_interval = Duration::from_millis(100);
+    config.backoff = sluice_core::retry::Backoff::for_tests();
+    config
+}
+
+/// Writes `count` values for each of `keys` keys, in order per key.
+async fn write(producer: &Producer, keys: usize, from: u64, count: u64) {
+    for value in from..from + count {
+        let records = (0..keys)
+            .map(|k| PutRecord::new(format!("key-{k}"), Bytes::from(value.to_string())))
+            .collect();
+        producer.send(records).await.unwrap();
+    }
+}
+
+/// Waits until `ready` holds (polling), or fails with `what`.
+async fn wait_until(limit: Duration, what: &str, mut ready: impl FnMut() -> Result<(), String>) {
+    let start = std::time::Instant::now();
+    loop {
+        match ready() {
+            Ok(()) => return,
+            Err(state) if start.elapsed() > limit => {
+                panic!("timed out waiting for {what}: {state}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(20)).await,
+        }
+    }
+}
+
+/// Every (key, value) from 0..count seen at least once, and per key and
+/// per worker stretch, values never go backwards except by a replay.
+fn check_complete(seen: &Seen, keys: usize, count: u64) -> Result<(), String> {
+    let records = seen.records.lock().unwrap();
+    let got: BTreeSet<(String, u64)> = records.iter().map(|(k, v, _)| (k.clone(), *v)).collect();
+    let want = keys as u64 * count;
+    if (got.len() as u64) < want {
+        return Err(format!("{} of {want} processed", got.len()));
+    }
+    Ok(())
+}
+
+/// Order per key: each time a key's value is seen for the first time, it
+/// is the next one after the highest seen before.
+fn check_order(seen: &Seen) {
+    let records = seen.records.lock().unwrap();
+    let mut highest: BTreeMap<&str, u64> = BTreeMap::new();
+    for (key, value, worker) in records.iter() {
+        let top = highest.entry(key).or_insert(u64::MAX);
+        let next = if *top == u64::MAX { 0 } else { *top + 1 };
+        assert!(
+            *value <= next,
+            "{key}: {value} came before {} (seen by {worker})",
+            next
+        );
+        if *value == next {
+            *top = *value;
+        }
+    }
+}
+
+fn counts(workers: &[&WorkerHandle]) -> Vec<usize> {
+    workers.iter().map(|w| w.held().len()).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_workers_share_eight_shards_and_take_over_from_a_crashed_one() {
+    let s = setup(8).await;
+    let seen = Arc::new(Seen::default());
+    let producer = Producer::start(s.streams.clone(), "events", ProducerConfig::default())
+        .await
+        .unwrap();
+    write(&producer, 40, 0, 50).await;
+
+    let a = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("a"),
+        factory("a", &seen),
+    );
+    let b = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("b"),
+        factory("b", &seen),
+    );
+    let c = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("c"),
+        factory("c", &seen),
+    );
+    wait_until(Duration::from_secs(30), "the leases to balance", || {
+        let mut n = counts(&[&a, &b, &c]);
+        n.sort();
+        if n == [2, 3, 3] {
+            Ok(())
+        } else {
+            Err(format!("{n:?}"))
+        }
+    })
+    .await;
+    wait_until(Duration::from_secs(30), "every record", || {
+        check_complete(&seen, 40, 50)
+    })
+    .await;
+
+    // A crash: c stops renewing; a and b take its shards after the failover time.
+    let orphaned = c.held();
+    let crashed_at = std::time::Instant::now();
+    c.abort();
+    write(&producer, 40, 50, 50).await;
+    wait_until(
+        Duration::from_secs(30),
+        "the crashed worker's leases to be taken",
+        || {
+            let held: BTreeSet<String> = a.held().union(&b.held()).cloned().collect();
+            if orphaned.is_subset(&held) && held.len() == 8 {
+                Ok(())
+            } else {
+                Err(format!("a {:?}, b {:?}", a.held(), b.held()))
+            }
+        },
+    )
+    .await;
+    let took = crashed_at.elapsed();
+    let bound =
+        Duration::from_millis(1500) + Duration::from_millis(500) * 2 + Duration::from_millis(500);
+    assert!(
+        took <= bound,
+        "taken over in {took:?}, more than failover + a renewal ({bound:?})"
+    );
+    let mut n = counts(&[&a, &b]);
+    n.sort();
+    assert_eq!(
+        n,
+        [4, 4],
+        "no worker holds more than one lease above another"
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "every record after the crash",
+        || check_complete(&seen, 40, 100),
+    )
+    .await;
+    check_order(&seen);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_split_and_a_merge_under_load_lose_nothing_and_keep_order() {
+    let s = setup(2).await;
+    let seen = Arc::new(Seen::default());
+    let a = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("a"),
+        factory("a", &seen),
+    );
+    let b = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("b"),
+        factory("b", &seen),
+    );
+    // Load, a split, more load, a merge, more load, with the workers
+    // reading all along; a producer per phase knows the shards of its time.
+    let phase = |n: u64| {
+        let streams = s.streams.clone();
+        async move {
+            let producer = Producer::start(streams, "events", ProducerConfig::default())
+                .await
+                .unwrap();
+            write(&producer, 30, n * 40, 40).await;
+            producer.close().await;
+        }
+    };
+    phase(0).await;
+    wait_until(Duration::from_secs(30), "reading to start", || {
+        if seen.records.lock().unwrap().is_empty() {
+            Err("nothing read yet".into())
+        } else {
+            Ok(())
+        }
+    })
+    .await;
+    let shards = s.streams.list_shards("events").await.unwrap();
+    let first = &shards[0];
+    let middle = first.hash_key_range.0 + (first.hash_key_range.1 - first.hash_key_range.0) / 2;
+    s.streams
+        .split_shard("events", &first.shard_id, middle)
+        .await
+        .unwrap();
+    phase(1).await;
+    let mut open: Vec<_> = s
+        .streams
+        .list_shards("events")
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.is_open())
+        .collect();
+    open.sort_by_key(|s| s.hash_key_range.0);
+    assert_eq!(open.len(), 3);
+    s.streams
+        .merge_shards("events", &open[1].shard_id, &open[2].shard_id)
+        .await
+        .unwrap();
+    phase(2).await;
+
+    wait_until(
+        Duration::from_secs(60),
+        "every record across the split and merge",
+        || check_complete(&seen, 30, 120),
+    )
+    .await;
+    check_order(&seen);
+    a.shutdown().await;
+    b.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_restart_resumes_from_the_checkpoints() {
+    let s = setup(4).await;
+    let seen = Arc::new(Seen::default());
+    let producer = Producer::start(s.streams.clone(), "events", ProducerConfig::default())
+        .await
+        .unwrap();
+    write(&producer, 20, 0, 30).await;
+    let a = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("a"),
+        factory("a", &seen),
+    );
+    wait_until(Duration::from_secs(30), "the first records", || {
+        check_complete(&seen, 20, 30)
+    })
+    .await;
+    a.shutdown().await;
+    let before = seen.records.lock().unwrap().len();
+    assert_eq!(before, 600, "each record once so far");
+
+    write(&producer, 20, 30, 30).await;
+    let again = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config("a2"),
+        factory("a2", &seen),
+    );
+    wait_until(Duration::from_secs(30), "the new records", || {
+        check_complete(&seen, 20, 60)
+    })
+    .await;
+    again.shutdown().await;
+    let records = seen.records.lock().unwrap();
+    // A graceful stop wrote every checkpoint: nothing is processed twice.
+    assert_eq!(records.len(), 1200, "no duplicates after a clean restart");
+    drop(records);
+    check_order(&seen);
+
+    // The lease table reads as the KCL's does.
+    let (leases, bad) = LeaseTable::new(s.tables.clone(), "app")
+        .list()
+        .await
+        .unwrap();
+    assert!(bad.is_empty());
+    assert_eq!(leases.len(), 4);
+    for lease in &leases {
+        assert_eq!(lease.owner, None, "released at shutdown");
+        assert!(
+            matches!(lease.checkpoint, Checkpoint::At { .. }),
+            "{lease:?}"
+        );
+    }
+}
