@@ -290,6 +290,10 @@ pub struct RouterConfig {
     /// Table holding the router's checkpoints (default "sluice-router").
     #[serde(default = "default_checkpoint_table")]
     pub checkpoint_table: String,
+    /// A router process silent this long loses its shards to the other
+    /// router processes, in milliseconds (default 10,000).
+    #[serde(default = "default_failover_ms")]
+    pub failover_ms: u64,
     #[serde(default)]
     pub retry: Backoff,
 }
@@ -302,6 +306,9 @@ fn default_batch() -> usize {
 }
 fn default_poll_ms() -> u64 {
     50
+}
+fn default_failover_ms() -> u64 {
+    10_000
 }
 fn default_checkpoint_table() -> String {
     "sluice-router".into()

@@ -57,6 +57,7 @@ impl RunningRouter {
         config: &Config,
         streams: Arc<dyn StreamBackend>,
         table: Arc<dyn TableBackend>,
+        worker_id: &str,
     ) -> anyhow::Result<Self> {
         let rules = Arc::new(config.rules());
         let mut producers = Vec::new();
@@ -83,6 +84,8 @@ impl RunningRouter {
             settings: Arc::new(WorkerSettings {
                 inbound: config.inbound.clone(),
                 checkpoint_table: config.router.checkpoint_table.clone(),
+                worker_id: worker_id.to_owned(),
+                failover: Duration::from_millis(config.router.failover_ms),
                 batch_records: config.router.batch_records,
                 idle_poll: Duration::from_millis(config.router.idle_poll_ms),
                 backoff: config.router.retry.clone(),
@@ -203,6 +206,23 @@ pub async fn ensure_streams(
         }
     }
     Ok(())
+}
+
+/// A name for this process among the workers of a consumer application:
+/// host, process id and a random part.
+pub fn process_worker_id() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .ok()
+        .or_else(|| std::env::var("HOSTNAME").ok())
+        .map(|h| h.trim().to_owned())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "host".into());
+    let random = uuid::Uuid::now_v7().simple().to_string();
+    format!(
+        "{host}-{}-{}",
+        std::process::id(),
+        &random[random.len() - 8..]
+    )
 }
 
 /// The stream backend behind the configured fault injection, if any.
@@ -346,7 +366,14 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     ));
 
     let router = if options.router {
-        Some(RunningRouter::start(&config, streams.clone(), table).await?)
+        // Embedded storage belongs to one process, so its router keeps one
+        // name and takes its own leases back at once after a restart; on AWS
+        // every process is a worker of its own.
+        let worker_id = match &backend {
+            BackendConfig::Local { .. } => "sluice-up".to_owned(),
+            BackendConfig::Aws(_) => process_worker_id(),
+        };
+        Some(RunningRouter::start(&config, streams.clone(), table, &worker_id).await?)
     } else {
         None
     };

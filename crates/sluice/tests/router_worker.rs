@@ -103,6 +103,8 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
         settings: Arc::new(WorkerSettings {
             inbound: "inbound".into(),
             checkpoint_table: "checkpoints".into(),
+            worker_id: "router-test".into(),
+            failover: Duration::from_secs(10),
             batch_records: 100,
             idle_poll: Duration::from_millis(5),
             backoff: Backoff::for_tests(),

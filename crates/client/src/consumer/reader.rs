@@ -238,6 +238,7 @@ impl ShardReader {
         // Where to continue: from the checkpoint, then after what was handed over.
         let (mut position, mut skip) = Self::start_of(&start);
         let mut iterator: Option<String> = None;
+        let mut expired = false;
         let mut last_read = tokio::time::Instant::now() - self.shared.streams.min_read_interval();
         loop {
             if let Some(outcome) = self.interrupted() {
@@ -270,7 +271,13 @@ impl ShardReader {
                 .await
             {
                 Ok(page) => page,
-                Err(StreamError::ExpiredIterator(_)) => continue,
+                // Made again from what was handed over: nothing is skipped.
+                // A second expiry in a row backs off like any other error.
+                Err(StreamError::ExpiredIterator(reason)) if !expired => {
+                    tracing::info!(stream = %config.stream, shard = %self.shard_id, reason = %reason, "shard iterator expired; resuming after the checkpoint");
+                    expired = true;
+                    continue;
+                }
                 Err(e) => {
                     if e.is_retryable() {
                         iterator = Some(it);
@@ -280,6 +287,7 @@ impl ShardReader {
                 }
             };
             attempt = 0;
+            expired = false;
             let records = user_records(&self.shard_id, page.records, &mut skip);
             let idle = records.is_empty();
             if let Some(last) = records.last() {

@@ -296,7 +296,9 @@ impl State {
             active += 1;
             let stale = now.duration_since(seen.1) >= failover;
             match &lease.owner {
-                Some(owner) if *owner == me => {}
+                Some(owner) if *owner == me && self.held.contains_key(&lease.shard_id) => {}
+                // Ours from before a restart under the same name: take it back now.
+                Some(owner) if *owner == me => expired.push(lease),
                 Some(owner) if !stale => load.entry(owner.clone()).or_default().push(lease),
                 _ => expired.push(lease),
             }
