@@ -243,3 +243,117 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
         "shard 0 and both its children ended: {checkpoints:?}"
     );
 }
+
+/// Checkpoint rows of the earlier router (`inbound/shard`) are carried over:
+/// routing resumes after them, and an ended shard is not read again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn checkpoints_of_the_earlier_router_are_carried_over() {
+    use sluice_core::table::{AttrValue, Condition, Item};
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
+    let streams: Arc<dyn StreamBackend> = backend.streams.clone();
+    let table: Arc<dyn TableBackend> = backend.table.clone();
+    let config = Config::parse(CONFIG, "test").unwrap();
+    sluice::server::ensure_streams(streams.as_ref(), &config, true)
+        .await
+        .unwrap();
+    // Ten records on each shard; remember where shard 0's fourth one is.
+    let shards = streams.list_shards("inbound").await.unwrap();
+    let mut per_shard: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];
+    let mut n = 0;
+    while per_shard.iter().any(|s| s.len() < 10) {
+        n += 1;
+        let key = format!("k{n}");
+        let put = record(&key, n);
+        let shard = usize::from(put.hash_key() > shards[0].hash_key_range.1);
+        if per_shard[shard].len() == 10 {
+            continue;
+        }
+        let result = streams.put_records("inbound", vec![put]).await.unwrap();
+        let sluice_core::stream::PutResult::Ok {
+            sequence_number, ..
+        } = &result[0]
+        else {
+            panic!("{result:?}")
+        };
+        per_shard[shard].push(sequence_number.to_string());
+    }
+    table.ensure_table("checkpoints").await.unwrap();
+    let old =
+        |value: &str| -> Item { [("checkpoint".to_owned(), AttrValue::S(value.into()))].into() };
+    table
+        .put(
+            "checkpoints",
+            &format!("inbound/{}", shards[0].shard_id),
+            old(&per_shard[0][3]),
+            Condition::Always,
+        )
+        .await
+        .unwrap();
+    table
+        .put(
+            "checkpoints",
+            &format!("inbound/{}", shards[1].shard_id),
+            old("SHARD_END"),
+            Condition::Always,
+        )
+        .await
+        .unwrap();
+
+    let rules = Arc::new(config.rules());
+    let mut producers = Vec::new();
+    for name in rules.streams() {
+        producers.push(
+            Producer::start(streams.clone(), name, ProducerConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    let worker = RouterWorker {
+        streams: streams.clone(),
+        table: table.clone(),
+        deliver: Arc::new(RouteAndDeliver {
+            rules,
+            options: RouterOptions::new("inbound"),
+            producers,
+        }),
+        settings: Arc::new(WorkerSettings {
+            inbound: "inbound".into(),
+            checkpoint_table: "checkpoints".into(),
+            worker_id: "router-test".into(),
+            failover: Duration::from_secs(10),
+            batch_records: 100,
+            idle_poll: Duration::from_millis(5),
+            backoff: Backoff::for_tests(),
+        }),
+    };
+    let (stop, stopped) = watch::channel(false);
+    let running = tokio::spawn(worker.run(stopped));
+    let start = Instant::now();
+    loop {
+        let routed: usize = read_stream(&streams, "orders")
+            .await
+            .iter()
+            .map(Vec::len)
+            .sum();
+        if routed >= 6 {
+            break;
+        }
+        assert!(start.elapsed() < Duration::from_secs(30), "{routed} routed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    stop.send(true).unwrap();
+    running.await.unwrap().unwrap();
+    // Shard 0 after its fourth record: six; shard 1 had ended: none.
+    let routed: usize = read_stream(&streams, "orders")
+        .await
+        .iter()
+        .map(Vec::len)
+        .sum();
+    assert_eq!(routed, 6);
+    let rows = table.scan("checkpoints").await.unwrap();
+    assert!(
+        rows.iter().all(|(key, _)| !key.contains('/')),
+        "old rows are gone: {rows:?}"
+    );
+}
