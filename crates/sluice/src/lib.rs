@@ -8,6 +8,7 @@ pub mod auth;
 pub mod cli;
 pub mod collector;
 pub mod config;
+pub mod consume;
 pub mod error;
 pub mod lambda;
 pub mod router;

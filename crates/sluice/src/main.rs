@@ -7,6 +7,7 @@ use std::path::PathBuf;
 use clap::{Parser, Subcommand};
 
 use sluice::config::Config;
+use sluice_client::consumer::InitialPosition;
 use sluice_telemetry::LogFormat;
 
 #[derive(Parser)]
@@ -39,6 +40,36 @@ struct RunArgs {
     /// configuration uses the SDK's defaults and creates what is missing.
     #[arg(long, value_parser = ["local", "aws"])]
     backend: Option<String>,
+}
+
+/// Where streams and tables are, for commands that open them.
+#[derive(clap::Args)]
+struct StoreArgs {
+    /// Configuration file (default: ./sluice.toml if present).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Data directory of embedded storage.
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Backend: `local` or `aws`; overrides backend.kind.
+    #[arg(long, value_parser = ["local", "aws"])]
+    backend: Option<String>,
+}
+
+impl StoreArgs {
+    async fn open(self) -> anyhow::Result<sluice::server::Store> {
+        let config = Config::load(find_config(self.config).as_deref())?;
+        let backend =
+            sluice::server::resolve_backend(backend_kind(self.backend.as_deref()), &config.backend);
+        sluice::server::Store::open(&backend, self.data_dir).await
+    }
+}
+
+fn backend_kind(text: Option<&str>) -> Option<sluice::server::BackendKind> {
+    text.map(|kind| match kind {
+        "aws" => sluice::server::BackendKind::Aws,
+        _ => sluice::server::BackendKind::Local,
+    })
 }
 
 #[derive(Subcommand)]
@@ -77,6 +108,39 @@ enum Command {
         /// Bearer token for a Sluice that requires one.
         #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
         token: Option<String>,
+    },
+    /// Run one worker of a consumer application on a stream: each record's
+    /// envelope as one NDJSON line on stdout. Workers of one application
+    /// share the shards through leases; run as many as you like (on AWS).
+    Consume {
+        /// The application: its lease table carries this name.
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        stream: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// This worker's name (default: host, process id and a random part).
+        #[arg(long)]
+        worker_id: Option<String>,
+        /// A worker silent this long loses its shards to the others.
+        #[arg(long, default_value_t = 10_000)]
+        failover_ms: u64,
+        /// Where a new application starts: trim_horizon, latest, or an RFC 3339 time.
+        #[arg(long, default_value = "trim_horizon")]
+        from: String,
+    },
+    /// Show a consumer application's lease table: owner, checkpoint, lag.
+    Leases {
+        #[arg(long)]
+        app: String,
+        #[arg(long)]
+        stream: String,
+        #[command(flatten)]
+        store: StoreArgs,
+        /// Print JSON lines instead of a table.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a configuration file and exit.
     CheckConfig {
@@ -144,6 +208,68 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
         } => {
             sluice::cli::tail(&url, &stream, &from, limit, follow, token.as_deref()).await?;
         }
+        Command::Consume {
+            app,
+            stream,
+            store,
+            worker_id,
+            failover_ms,
+            from,
+        } => {
+            let initial_position = match from.as_str() {
+                "trim_horizon" => InitialPosition::TrimHorizon,
+                "latest" => InitialPosition::Latest,
+                text => InitialPosition::AtTimestamp(
+                    chrono::DateTime::parse_from_rfc3339(text)
+                        .map_err(|_| anyhow::anyhow!("--from {text:?}: expected trim_horizon, latest or an RFC 3339 time"))?
+                        .timestamp_millis(),
+                ),
+            };
+            let store = store.open().await?;
+            sluice::consume::consume(
+                store.streams.clone(),
+                store.table.clone(),
+                sluice::consume::ConsumeOptions {
+                    application: app,
+                    stream,
+                    worker_id: worker_id.unwrap_or_else(sluice::server::process_worker_id),
+                    failover: std::time::Duration::from_millis(failover_ms),
+                    initial_position,
+                },
+            )
+            .await?;
+        }
+        Command::Leases {
+            app,
+            stream,
+            store,
+            json,
+        } => {
+            let store = store.open().await?;
+            let rows =
+                sluice::consume::leases(store.streams.clone(), store.table.clone(), &app, &stream)
+                    .await?;
+            if json {
+                for row in &rows {
+                    println!("{}", serde_json::to_string(row)?);
+                }
+            } else {
+                println!(
+                    "{:<24} {:<40} {:>8} {:>10}  CHECKPOINT",
+                    "SHARD", "OWNER", "COUNTER", "LAG_MS"
+                );
+                for row in &rows {
+                    println!(
+                        "{:<24} {:<40} {:>8} {:>10}  {}",
+                        row.shard,
+                        row.owner.as_deref().unwrap_or("-"),
+                        row.counter,
+                        row.lag_ms.map_or("?".into(), |l| l.to_string()),
+                        row.checkpoint
+                    );
+                }
+            }
+        }
         Command::CheckConfig { config } => {
             let path = find_config(config);
             let parsed = Config::load(path.as_deref())?;
@@ -165,10 +291,7 @@ async fn run_pipeline(args: RunArgs, router: bool) -> anyhow::Result<()> {
         data_dir: args.data_dir,
         listen: args.listen,
         router,
-        backend: args.backend.as_deref().map(|kind| match kind {
-            "aws" => sluice::server::BackendKind::Aws,
-            _ => sluice::server::BackendKind::Local,
-        }),
+        backend: backend_kind(args.backend.as_deref()),
     })
     .await
 }

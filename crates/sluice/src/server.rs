@@ -115,17 +115,34 @@ impl RunningRouter {
 }
 
 /// Where streams and tables live for this run.
-struct Store {
-    streams: Arc<dyn StreamBackend>,
-    table: Arc<dyn TableBackend>,
-    create_missing: bool,
-    description: String,
+pub struct Store {
+    pub streams: Arc<dyn StreamBackend>,
+    pub table: Arc<dyn TableBackend>,
+    pub create_missing: bool,
+    pub description: String,
     /// Holds the embedded store (and its lock) open.
     _local: Option<LocalBackend>,
 }
 
+/// The backend to run on: the configuration's, unless the command line says
+/// otherwise.
+pub fn resolve_backend(choice: Option<BackendKind>, configured: &BackendConfig) -> BackendConfig {
+    match (choice, configured) {
+        (Some(BackendKind::Aws), BackendConfig::Local { .. }) => {
+            BackendConfig::Aws(AwsBackendConfig {
+                create_missing: true,
+                ..AwsBackendConfig::default()
+            })
+        }
+        (Some(BackendKind::Local), BackendConfig::Aws(_)) => BackendConfig::default(),
+        (_, configured) => configured.clone(),
+    }
+}
+
 impl Store {
-    async fn open(backend: &BackendConfig, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
+    /// Opens the backend. Embedded storage belongs to one process: a second
+    /// one is refused with the name of the directory.
+    pub async fn open(backend: &BackendConfig, data_dir: Option<PathBuf>) -> anyhow::Result<Self> {
         match backend {
             BackendConfig::Local {
                 data_dir: configured,
@@ -294,7 +311,7 @@ pub fn http_routes(
         .route("/healthz", get(|| async { "ok\n" }))
 }
 
-async fn shutdown_signal() {
+pub async fn shutdown_signal() {
     let ctrl_c = tokio::signal::ctrl_c();
     let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
         .expect("SIGTERM handler");
@@ -315,16 +332,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             "refusing to listen on {listen} without authentication: set collector.tokens_env to a variable holding bearer tokens, or listen on 127.0.0.1"
         );
     }
-    let backend = match (options.backend, &config.backend) {
-        (Some(BackendKind::Aws), BackendConfig::Local { .. }) => {
-            BackendConfig::Aws(AwsBackendConfig {
-                create_missing: true,
-                ..AwsBackendConfig::default()
-            })
-        }
-        (Some(BackendKind::Local), BackendConfig::Aws(_)) => BackendConfig::default(),
-        (_, configured) => configured.clone(),
-    };
+    let backend = resolve_backend(options.backend, &config.backend);
     let store = Store::open(&backend, options.data_dir).await?;
     let (mut streams, table) = (store.streams.clone(), store.table.clone());
     if config.faults.is_some() {
