@@ -11,6 +11,7 @@
 //! were read to their end and checkpointed there, so order per partition key
 //! holds across splits and merges.
 
+pub mod dedup;
 pub mod lease;
 mod reader;
 mod worker;
@@ -26,6 +27,7 @@ use bytes::Bytes;
 use sluice_core::retry::Backoff;
 use sluice_core::SequenceNumber;
 
+pub use dedup::Dedup;
 pub use lease::{Checkpoint, Lease, LeaseError, LeaseTable};
 pub use reader::Checkpointer;
 pub use worker::{Worker, WorkerHandle};
