@@ -189,7 +189,7 @@ async fn main() -> anyhow::Result<()> {
         .into_iter()
         .filter_map(|(url, item)| Some((url, item.get("views")?.as_i64()?)))
         .collect();
-    counts.sort_by(|a, b| b.1.cmp(&a.1));
+    counts.sort_by_key(|c| std::cmp::Reverse(c.1));
     println!("{:>8}  URL", "VIEWS");
     for (url, views) in counts.iter().take(10) {
         println!("{views:>8}  {url}");
