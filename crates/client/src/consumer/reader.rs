@@ -23,6 +23,9 @@ pub(crate) enum ReadOutcome {
     Lost,
     /// The worker is stopping.
     Stopped,
+    /// The stream no longer has the shard (past retention, or the stream
+    /// was made anew): its lease has nothing left to track.
+    Gone,
 }
 
 /// Records what the processor has done, in the lease table.
@@ -256,6 +259,10 @@ impl ShardReader {
                     .await
                 {
                     Ok(it) => it,
+                    Err(StreamError::ShardNotFound { .. }) => {
+                        tracing::warn!(stream = %config.stream, shard = %self.shard_id, "the shard no longer exists; its lease is removed");
+                        return ReadOutcome::Gone;
+                    }
                     Err(e) => {
                         self.retry(&e.to_string(), &mut attempt).await;
                         continue;

@@ -390,3 +390,107 @@ async fn a_restart_resumes_from_the_checkpoints() {
         );
     }
 }
+
+/// Panics the first time it meets a batch; then behaves.
+struct PanicsOnce {
+    inner: Recorder,
+    armed: Arc<std::sync::atomic::AtomicBool>,
+}
+
+#[async_trait]
+impl RecordProcessor for PanicsOnce {
+    async fn process_records(
+        &mut self,
+        batch: &Batch,
+        checkpointer: &mut Checkpointer,
+    ) -> Result<(), ProcessError> {
+        if self.armed.swap(false, std::sync::atomic::Ordering::SeqCst) {
+            panic!("a processor bug");
+        }
+        self.inner.process_records(batch, checkpointer).await
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_processor_is_restarted_from_the_checkpoint_and_odd_rows_are_left_alone() {
+    use sluice_core::table::{AttrValue, Condition, Item};
+    let s = setup(2).await;
+    let seen = Arc::new(Seen::default());
+    let producer = Producer::start(s.streams.clone(), &s.stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    write(&producer, 20, 0, 20).await;
+    // Rows someone else wrote: a lease of a shard the stream does not have,
+    // and a row with a counter that is not a number.
+    let leases = LeaseTable::new(s.tables.clone(), &s.app);
+    leases.ensure().await.unwrap();
+    let ghost = Lease::new(
+        "shardId-000000000099",
+        Vec::new(),
+        Checkpoint::At {
+            sequence: sluice_core::SequenceNumber::from_u64(12345),
+            sub_sequence: 0,
+        },
+    );
+    assert!(leases.create(&ghost).await.unwrap());
+    let odd: Item = [
+        ("leaseCounter".to_owned(), AttrValue::S("many".into())),
+        ("checkpoint".to_owned(), AttrValue::S("TRIM_HORIZON".into())),
+    ]
+    .into();
+    s.tables
+        .put(&s.app, "shardId-odd", odd, Condition::Always)
+        .await
+        .unwrap();
+
+    let armed = Arc::new(std::sync::atomic::AtomicBool::new(true));
+    let factory: Arc<dyn ProcessorFactory> = {
+        let (seen, armed) = (seen.clone(), armed.clone());
+        Arc::new(move |_: &str| -> Box<dyn RecordProcessor> {
+            Box::new(PanicsOnce {
+                inner: Recorder {
+                    worker: "a".into(),
+                    seen: seen.clone(),
+                },
+                armed: armed.clone(),
+            })
+        })
+    };
+    let a = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config(&s, "a"),
+        factory,
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "every record despite the panic",
+        || check_complete(&seen, 20, 20),
+    )
+    .await;
+    assert!(
+        !armed.load(std::sync::atomic::Ordering::SeqCst),
+        "the panic happened"
+    );
+    check_order(&seen);
+    wait_until(
+        Duration::from_secs(30),
+        "the ghost lease to be removed",
+        || {
+            if a.held().contains("shardId-000000000099") {
+                Err("still held".into())
+            } else {
+                Ok(())
+            }
+        },
+    )
+    .await;
+    a.shutdown().await;
+    let (listed, bad) = leases.list().await.unwrap();
+    assert!(
+        listed.iter().all(|l| l.shard_id != "shardId-000000000099"),
+        "{listed:?}"
+    );
+    assert_eq!(bad.len(), 1, "the odd row is reported, not changed");
+    assert_eq!(bad[0].shard, "shardId-odd");
+}

@@ -386,6 +386,14 @@ impl State {
                 (shard, ReadOutcome::Ended)
             }
         };
+        if outcome == ReadOutcome::Gone {
+            if let Some(held) = self.held.get(&shard) {
+                let counter = held.lease.lock().await.counter;
+                if let Err(e) = self.shared.leases.delete(&shard, counter).await {
+                    tracing::warn!(shard = %shard, error = %e, "could not remove the lease of a shard that is gone");
+                }
+            }
+        }
         if outcome == ReadOutcome::Ended {
             // Released: an ended shard counts for no one; a failed one is
             // taken again, with a new processor, from its checkpoint.
@@ -400,7 +408,7 @@ impl State {
         match outcome {
             // Stopping: the lease is released with the others.
             ReadOutcome::Stopped => return,
-            ReadOutcome::Ended | ReadOutcome::Lost => {}
+            ReadOutcome::Ended | ReadOutcome::Lost | ReadOutcome::Gone => {}
         }
         self.held.remove(shard);
         self.publish();
