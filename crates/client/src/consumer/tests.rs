@@ -494,3 +494,54 @@ async fn a_panicking_processor_is_restarted_from_the_checkpoint_and_odd_rows_are
     assert_eq!(bad.len(), 1, "the odd row is reported, not changed");
     assert_eq!(bad[0].shard, "shardId-odd");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn after_a_crash_duplicates_are_bounded_by_one_batch_per_shard() {
+    let s = setup(4).await;
+    let seen = Arc::new(Seen::default());
+    let producer = Producer::start(s.streams.clone(), &s.stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    write(&producer, 40, 0, 25).await;
+    // Every checkpoint written at once: what a crash can repeat is the
+    // batch between processing and its checkpoint.
+    let mut crashing = config(&s, "a");
+    crashing.checkpoint_interval = Duration::ZERO;
+    crashing.batch_records = 50;
+    let a = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        crashing.clone(),
+        factory("a", &seen),
+    );
+    wait_until(Duration::from_secs(30), "the first records", || {
+        check_complete(&seen, 40, 25)
+    })
+    .await;
+    a.abort();
+    let first = seen.records.lock().unwrap().len();
+    write(&producer, 40, 25, 25).await;
+    let mut restarted = crashing;
+    restarted.worker_id = "b".into();
+    let b = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        restarted,
+        factory("b", &seen),
+    );
+    wait_until(
+        Duration::from_secs(30),
+        "every record after the crash",
+        || check_complete(&seen, 40, 50),
+    )
+    .await;
+    b.shutdown().await;
+    let total = seen.records.lock().unwrap().len();
+    let duplicates = total - 2000;
+    assert!(first >= 1000);
+    assert!(
+        duplicates <= 4 * 50,
+        "{duplicates} duplicates, more than one batch per shard"
+    );
+    check_order(&seen);
+}
