@@ -14,8 +14,8 @@ use std::time::{Duration, Instant};
 
 use base64::Engine;
 use sluice::lambda::runtime_api::{Outcome, RuntimeApi};
+use sluice_backends::conformance;
 use sluice_backends::conformance::servers::{endpoint, kinesis};
-use sluice_core::aggregate;
 use sluice_core::stream::StartPosition;
 use sluice_core::StreamBackend;
 
@@ -88,28 +88,22 @@ fn peak_kib(pid: u32) -> u64 {
 }
 
 /// Kinesis records and user records in a stream.
-async fn count(streams: &dyn StreamBackend, stream: &str) -> (usize, usize) {
-    let (mut records, mut users) = (0, 0);
+async fn count(streams: &Arc<dyn StreamBackend>, stream: &str) -> (usize, usize) {
+    let mut records = 0;
     for shard in streams.list_shards(stream).await.unwrap() {
-        let mut it = streams
-            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
-            .await
-            .unwrap();
-        loop {
-            let page = streams.get_records(&it, 10_000).await.unwrap();
-            if page.records.is_empty() {
-                break;
-            }
-            for r in &page.records {
-                records += 1;
-                users += aggregate::deaggregate(&r.data)
-                    .unwrap()
-                    .map_or(1, |u| u.len());
-            }
-            it = page.next_iterator.unwrap();
-        }
+        let (read, _) = conformance::stream::read_shard(
+            streams,
+            stream,
+            &shard.shard_id,
+            StartPosition::TrimHorizon,
+        )
+        .await;
+        records += read.len();
     }
-    (records, users)
+    (
+        records,
+        conformance::stream::read_all(streams, stream).await.len(),
+    )
 }
 
 #[tokio::main]
@@ -157,9 +151,9 @@ async fn main() {
         peak_kib(child.id())
     );
     if full {
-        let before = count(streams.as_ref(), &format!("{prefix}-all")).await;
+        let before = count(&streams, &format!("{prefix}-all")).await;
         invoke(&api, event(300, 10_000)).await;
-        let after = count(streams.as_ref(), &format!("{prefix}-all")).await;
+        let after = count(&streams, &format!("{prefix}-all")).await;
         let (records, users) = (after.0 - before.0, after.1 - before.1);
         println!(
             "aggregation, 10,000 sample events of about 300 B: {users} events in {records} Kinesis records = {:.0} per record",

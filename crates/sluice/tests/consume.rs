@@ -144,6 +144,16 @@ fn printed(consumers: &[&Consumer]) -> BTreeSet<String> {
         .collect()
 }
 
+/// Whether every id sent was printed by one of the consumers.
+fn all_printed(sent: &BTreeSet<String>, consumers: &[&Consumer]) -> Result<(), String> {
+    let missing = sent.difference(&printed(consumers)).count();
+    if missing == 0 {
+        Ok(())
+    } else {
+        Err(format!("{missing} missing"))
+    }
+}
+
 async fn write(producer: &Producer, from: usize, count: usize) -> BTreeSet<String> {
     let mut ids = BTreeSet::new();
     let records = (from..from + count)
@@ -188,13 +198,7 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
     })
     .await;
     wait_for(Duration::from_secs(60), "every record printed", || {
-        let got = printed(&[&a, &b, &c]);
-        let missing = sent.difference(&got).count();
-        if missing == 0 {
-            Ok(())
-        } else {
-            Err(format!("{missing} missing"))
-        }
+        all_printed(&sent, &[&a, &b, &c])
     })
     .await;
 

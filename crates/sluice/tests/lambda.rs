@@ -13,10 +13,10 @@ use bytes::Bytes;
 use md5::{Digest, Md5};
 use serde_json::Value;
 use sluice::lambda::runtime_api::{Outcome, RuntimeApi};
+use sluice_backends::conformance;
 use sluice_backends::conformance::servers::{kinesis, moto};
-use sluice_core::aggregate::{self, Aggregator, MAGIC};
+use sluice_core::aggregate::{Aggregator, MAGIC};
 use sluice_core::envelope::{decode, HeaderValue};
-use sluice_core::stream::StartPosition;
 use sluice_core::StreamBackend;
 
 /// A record of a test event.
@@ -153,28 +153,12 @@ async fn invoke(function: &Function, payload: Vec<u8>, timeout: Duration) -> Vec
 }
 
 /// Every user record in a stream, de-aggregated, in order per shard.
-async fn read_all(streams: &dyn StreamBackend, stream: &str) -> Vec<(String, Bytes)> {
-    let mut out = Vec::new();
-    for shard in streams.list_shards(stream).await.unwrap() {
-        let mut it = streams
-            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
-            .await
-            .unwrap();
-        loop {
-            let page = streams.get_records(&it, 10_000).await.unwrap();
-            if page.records.is_empty() {
-                break;
-            }
-            for r in page.records {
-                match aggregate::deaggregate(&r.data).unwrap() {
-                    Some(users) => out.extend(users.into_iter().map(|u| (u.partition_key, u.data))),
-                    None => out.push((r.partition_key, r.data)),
-                }
-            }
-            it = page.next_iterator.unwrap();
-        }
-    }
-    out
+async fn read_all(streams: &Arc<dyn StreamBackend>, stream: &str) -> Vec<(String, Bytes)> {
+    conformance::stream::read_all(streams, stream)
+        .await
+        .into_iter()
+        .map(|(_, key, data)| (key, data))
+        .collect()
 }
 
 fn header(data: &[u8], name: &str) -> Option<String> {
@@ -193,9 +177,9 @@ async fn create(streams: &Arc<dyn StreamBackend>, prefix: &str, names: &[&str]) 
     }
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn routes_plain_and_aggregated_records_and_dead_letters_bad_ones() {
-    let prefix = format!("lambda-route-{}", std::process::id());
+/// A name prefix for this run and the output streams of `rules`, created.
+async fn streams_for(test: &str) -> (String, Arc<dyn StreamBackend>) {
+    let prefix = format!("{test}-{}", std::process::id());
     let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
     create(
         &streams,
@@ -203,6 +187,12 @@ async fn routes_plain_and_aggregated_records_and_dead_letters_bad_ones() {
         &["transactions", "clicks", "unrouted", "dead", "missing"],
     )
     .await;
+    (prefix, streams)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn routes_plain_and_aggregated_records_and_dead_letters_bad_ones() {
+    let (prefix, streams) = streams_for("lambda-route").await;
     let function = start(&rules(&prefix, ""), 500).await;
 
     let mut aggregator = Aggregator::new();
@@ -252,7 +242,7 @@ async fn routes_plain_and_aggregated_records_and_dead_letters_bad_ones() {
         ids.sort();
         ids
     };
-    let transactions = read_all(streams.as_ref(), &format!("{prefix}-transactions")).await;
+    let transactions = read_all(&streams, &format!("{prefix}-transactions")).await;
     assert_eq!(ids(&transactions), ["a-1", "p-1", "p-2"]);
     assert!(
         transactions
@@ -260,11 +250,11 @@ async fn routes_plain_and_aggregated_records_and_dead_letters_bad_ones() {
             .any(|(key, d)| key == "u-1" && header(d, "event_id").as_deref() == Some("a-1")),
         "user records keep their own partition key"
     );
-    let clicks = read_all(streams.as_ref(), &format!("{prefix}-clicks")).await;
+    let clicks = read_all(&streams, &format!("{prefix}-clicks")).await;
     assert_eq!(ids(&clicks), ["a-2", "c-1"]);
-    let unrouted = read_all(streams.as_ref(), &format!("{prefix}-unrouted")).await;
+    let unrouted = read_all(&streams, &format!("{prefix}-unrouted")).await;
     assert_eq!(ids(&unrouted), ["a-3"]);
-    let dead = read_all(streams.as_ref(), &format!("{prefix}-dead")).await;
+    let dead = read_all(&streams, &format!("{prefix}-dead")).await;
     let mut reasons: Vec<String> = dead
         .iter()
         .map(|(_, d)| header(d, "reason").unwrap())
@@ -319,20 +309,13 @@ async fn undelivered_records_are_reported_from_the_first_one_and_retried_later()
     create(&streams, &prefix, &["missing"]).await;
     let failures = invoke(&function, event(&records[1..]), Duration::from_secs(10)).await;
     assert!(failures.is_empty(), "{failures:?}");
-    let ghosts = read_all(streams.as_ref(), &format!("{prefix}-missing")).await;
+    let ghosts = read_all(&streams, &format!("{prefix}-missing")).await;
     assert_eq!(ghosts.len(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn injected_write_failures_are_retried_within_the_invocation_or_reported() {
-    let prefix = format!("lambda-faults-{}", std::process::id());
-    let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
-    create(
-        &streams,
-        &prefix,
-        &["transactions", "clicks", "unrouted", "dead", "missing"],
-    )
-    .await;
+    let (prefix, streams) = streams_for("lambda-faults").await;
     let records: Vec<In> = (0..300)
         .map(|i| {
             let kind = if i % 2 == 0 { "purchase" } else { "click" };
@@ -350,10 +333,10 @@ async fn injected_write_failures_are_retried_within_the_invocation_or_reported()
     let function = start(&rules(&prefix, faults), 500).await;
     let failures = invoke(&function, event(&records), Duration::from_secs(30)).await;
     assert!(failures.is_empty(), "{failures:?}");
-    let mut delivered: Vec<String> = read_all(streams.as_ref(), &format!("{prefix}-transactions"))
+    let mut delivered: Vec<String> = read_all(&streams, &format!("{prefix}-transactions"))
         .await
         .into_iter()
-        .chain(read_all(streams.as_ref(), &format!("{prefix}-clicks")).await)
+        .chain(read_all(&streams, &format!("{prefix}-clicks")).await)
         .filter_map(|(_, d)| header(&d, "event_id"))
         .collect();
     delivered.sort();
@@ -371,14 +354,7 @@ async fn injected_write_failures_are_retried_within_the_invocation_or_reported()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn ten_thousand_records_with_aggregated_outputs() {
-    let prefix = format!("lambda-big-{}", std::process::id());
-    let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
-    create(
-        &streams,
-        &prefix,
-        &["transactions", "clicks", "unrouted", "dead", "missing"],
-    )
-    .await;
+    let (prefix, streams) = streams_for("lambda-big").await;
     let extra = format!(
         "[outputs.{prefix}-transactions]\naggregate = true\n[outputs.{prefix}-clicks]\naggregate = true\n"
     );
@@ -398,7 +374,7 @@ async fn ten_thousand_records_with_aggregated_outputs() {
     assert!(failures.is_empty(), "{failures:?}");
     let mut per_key: BTreeMap<String, Vec<usize>> = BTreeMap::new();
     for stream in ["transactions", "clicks"] {
-        for (key, data) in read_all(streams.as_ref(), &format!("{prefix}-{stream}")).await {
+        for (key, data) in read_all(&streams, &format!("{prefix}-{stream}")).await {
             let id = header(&data, "event_id").unwrap();
             per_key
                 .entry(key)

@@ -61,6 +61,33 @@ async fn read_stream(streams: &Arc<dyn StreamBackend>, name: &str) -> Vec<Vec<(S
     per_shard
 }
 
+/// The router worker under test, on the "checkpoints" lease table.
+fn router(
+    streams: &Arc<dyn StreamBackend>,
+    table: &Arc<dyn TableBackend>,
+    rules: Arc<sluice_core::rules::RuleSet>,
+    producers: Vec<Producer>,
+) -> RouterWorker {
+    RouterWorker {
+        streams: streams.clone(),
+        table: table.clone(),
+        deliver: Arc::new(RouteAndDeliver {
+            rules,
+            options: RouterOptions::new("inbound"),
+            producers,
+        }),
+        settings: Arc::new(WorkerSettings {
+            inbound: "inbound".into(),
+            checkpoint_table: "checkpoints".into(),
+            worker_id: "router-test".into(),
+            failover: Duration::from_secs(10),
+            batch_records: 100,
+            idle_poll: Duration::from_millis(5),
+            backoff: Backoff::for_tests(),
+        }),
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_splits_and_merges_keeping_order_per_key() {
     let dir = tempfile::tempdir().unwrap();
@@ -92,24 +119,7 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
                 .unwrap(),
         );
     }
-    let worker = RouterWorker {
-        streams: streams.clone(),
-        table: table.clone(),
-        deliver: Arc::new(RouteAndDeliver {
-            rules,
-            options: RouterOptions::new("inbound"),
-            producers,
-        }),
-        settings: Arc::new(WorkerSettings {
-            inbound: "inbound".into(),
-            checkpoint_table: "checkpoints".into(),
-            worker_id: "router-test".into(),
-            failover: Duration::from_secs(10),
-            batch_records: 100,
-            idle_poll: Duration::from_millis(5),
-            backoff: Backoff::for_tests(),
-        }),
-    };
+    let worker = router(&streams, &table, rules, producers);
 
     let inbound = Producer::start(streams.clone(), "inbound", ProducerConfig::default())
         .await
@@ -309,24 +319,7 @@ async fn checkpoints_of_the_earlier_router_are_carried_over() {
                 .unwrap(),
         );
     }
-    let worker = RouterWorker {
-        streams: streams.clone(),
-        table: table.clone(),
-        deliver: Arc::new(RouteAndDeliver {
-            rules,
-            options: RouterOptions::new("inbound"),
-            producers,
-        }),
-        settings: Arc::new(WorkerSettings {
-            inbound: "inbound".into(),
-            checkpoint_table: "checkpoints".into(),
-            worker_id: "router-test".into(),
-            failover: Duration::from_secs(10),
-            batch_records: 100,
-            idle_poll: Duration::from_millis(5),
-            backoff: Backoff::for_tests(),
-        }),
-    };
+    let worker = router(&streams, &table, rules, producers);
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(worker.run(stopped));
     let start = Instant::now();

@@ -85,6 +85,27 @@ pub async fn read_shard(
     (records, true)
 }
 
+/// Every user record of a stream from its beginning, shard by shard, KPL
+/// aggregates opened: the shard it is in, its partition key and its data.
+pub async fn read_all(backend: &Backend, name: &str) -> Vec<(Shard, String, Bytes)> {
+    let mut out = Vec::new();
+    for shard in backend.list_shards(name).await.expect("list shards") {
+        let (records, _) =
+            read_shard(backend, name, &shard.shard_id, StartPosition::TrimHorizon).await;
+        for record in records {
+            match sluice_core::aggregate::deaggregate(&record.data).expect("a readable aggregate") {
+                Some(users) => out.extend(
+                    users
+                        .into_iter()
+                        .map(|u| (shard.clone(), u.partition_key, u.data)),
+                ),
+                None => out.push((shard.clone(), record.partition_key, record.data)),
+            }
+        }
+    }
+    out
+}
+
 fn shard_for(shards: &[Shard], hash: u128) -> &str {
     shards
         .iter()

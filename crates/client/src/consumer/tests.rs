@@ -151,6 +151,15 @@ fn check_order(seen: &Seen) {
     }
 }
 
+fn start(s: &Setup, worker: &str, seen: &Arc<Seen>) -> WorkerHandle {
+    Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config(s, worker),
+        factory(worker, seen),
+    )
+}
+
 fn counts(workers: &[&WorkerHandle]) -> Vec<usize> {
     workers.iter().map(|w| w.held().len()).collect()
 }
@@ -164,24 +173,9 @@ async fn three_workers_share_eight_shards_and_take_over_from_a_crashed_one() {
         .unwrap();
     write(&producer, 40, 0, 50).await;
 
-    let a = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "a"),
-        factory("a", &seen),
-    );
-    let b = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "b"),
-        factory("b", &seen),
-    );
-    let c = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "c"),
-        factory("c", &seen),
-    );
+    let a = start(&s, "a", &seen);
+    let b = start(&s, "b", &seen);
+    let c = start(&s, "c", &seen);
     wait_until(Duration::from_secs(30), "the leases to balance", || {
         let mut n = counts(&[&a, &b, &c]);
         n.sort();
@@ -268,18 +262,8 @@ async fn a_split_and_a_merge_on_kinesalite_with_leases_on_moto() {
 /// all along: nothing lost, order per key kept.
 async fn split_and_merge(s: Setup) {
     let seen = Arc::new(Seen::default());
-    let a = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "a"),
-        factory("a", &seen),
-    );
-    let b = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "b"),
-        factory("b", &seen),
-    );
+    let a = start(&s, "a", &seen);
+    let b = start(&s, "b", &seen);
     // Load, a split, more load, a merge, more load, with the workers
     // reading all along; a producer per phase knows the shards of its time.
     let phase = |n: u64| {
@@ -344,12 +328,7 @@ async fn a_restart_resumes_from_the_checkpoints() {
         .await
         .unwrap();
     write(&producer, 20, 0, 30).await;
-    let a = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "a"),
-        factory("a", &seen),
-    );
+    let a = start(&s, "a", &seen);
     wait_until(Duration::from_secs(30), "the first records", || {
         check_complete(&seen, 20, 30)
     })
@@ -359,12 +338,7 @@ async fn a_restart_resumes_from_the_checkpoints() {
     assert_eq!(before, 600, "each record once so far");
 
     write(&producer, 20, 30, 30).await;
-    let again = Worker::start(
-        s.streams.clone(),
-        s.tables.clone(),
-        config(&s, "a2"),
-        factory("a2", &seen),
-    );
+    let again = start(&s, "a2", &seen);
     wait_until(Duration::from_secs(30), "the new records", || {
         check_complete(&seen, 20, 60)
     })

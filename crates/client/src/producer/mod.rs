@@ -412,30 +412,12 @@ fn take_from_lane(
             expired.push(pending);
             continue;
         }
-        let Some(max) = aggregate_max else {
-            if call.keys.contains(&pending.key) {
-                if skips_left == 0 {
-                    queue.push_front(pending);
-                    break;
+        // A full aggregate is sealed first: its keys then count as taken.
+        if let Some(max) = aggregate_max {
+            if !packing.members.is_empty() && packing.size_with(&pending) > max {
+                if let Some(entry) = packing.seal() {
+                    call.push(entry);
                 }
-                skips_left -= 1;
-                kept.push_back(pending);
-                continue;
-            }
-            let size = put_entry_bytes(&pending.record.partition_key, pending.record.data.len());
-            if !call.fits(size) {
-                queue.push_front(pending);
-                break;
-            }
-            call.push(Entry {
-                record: pending.record.clone(),
-                members: vec![pending],
-            });
-            continue;
-        };
-        if !packing.members.is_empty() && packing.size_with(&pending) > max {
-            if let Some(entry) = packing.seal() {
-                call.push(entry);
             }
         }
         if call.keys.contains(&pending.key) {
@@ -447,11 +429,22 @@ fn take_from_lane(
             kept.push_back(pending);
             continue;
         }
-        if !call.fits(packing.size_with(&pending)) {
+        let size = match aggregate_max {
+            Some(_) => packing.size_with(&pending),
+            None => put_entry_bytes(&pending.record.partition_key, pending.record.data.len()),
+        };
+        if !call.fits(size) {
             queue.push_front(pending);
             break;
         }
-        packing.add(pending);
+        if aggregate_max.is_some() {
+            packing.add(pending);
+        } else {
+            call.push(Entry {
+                record: pending.record.clone(),
+                members: vec![pending],
+            });
+        }
     }
     if let Some(entry) = packing.seal() {
         call.push(entry);

@@ -120,38 +120,22 @@ impl StreamBackend for Recording {
     }
 }
 
-async fn read_everything(backend: &Arc<dyn StreamBackend>, stream: &str) -> Vec<Record> {
-    let mut all = Vec::new();
-    for shard in backend.list_shards(stream).await.unwrap() {
-        let mut it = backend
-            .get_shard_iterator(stream, &shard.shard_id, StartPosition::TrimHorizon)
-            .await
-            .unwrap();
-        loop {
-            let out = backend.get_records(&it, 10_000).await.unwrap();
-            if out.records.is_empty() {
-                break;
-            }
-            for record in out.records {
-                let stored = PutRecord::new(record.partition_key.clone(), record.data.clone());
-                for user in user_records(&stored) {
-                    let (low, high) = shard.hash_key_range;
-                    assert!(
-                        (low..=high).contains(&user.hash_key()),
-                        "{} is stored in the shard its key belongs to",
-                        user.partition_key
-                    );
-                    all.push(Record {
-                        partition_key: user.partition_key,
-                        data: user.data,
-                        ..record.clone()
-                    });
-                }
-            }
-            it = out.next_iterator.unwrap();
-        }
-    }
-    all
+/// Every user record stored, checked to be in the shard its key belongs to.
+async fn read_everything(backend: &Arc<dyn StreamBackend>, stream: &str) -> Vec<PutRecord> {
+    sluice_backends::conformance::stream::read_all(backend, stream)
+        .await
+        .into_iter()
+        .map(|(shard, key, data)| {
+            let record = PutRecord::new(key, data);
+            let (low, high) = shard.hash_key_range;
+            assert!(
+                (low..=high).contains(&record.hash_key()),
+                "{} is stored in the shard its key belongs to",
+                record.partition_key
+            );
+            record
+        })
+        .collect()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
