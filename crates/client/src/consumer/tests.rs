@@ -519,3 +519,113 @@ async fn after_a_crash_duplicates_are_bounded_by_one_batch_per_shard() {
     );
     check_order(&seen);
 }
+
+/// A table backend that can be switched off, as a network cut would.
+struct Switchable {
+    inner: Arc<dyn TableBackend>,
+    down: std::sync::atomic::AtomicBool,
+}
+
+#[async_trait]
+impl TableBackend for Switchable {
+    async fn ensure_table(&self, t: &str) -> Result<(), sluice_core::TableError> {
+        self.check()?;
+        self.inner.ensure_table(t).await
+    }
+    async fn get(
+        &self,
+        t: &str,
+        k: &str,
+    ) -> Result<Option<sluice_core::table::Item>, sluice_core::TableError> {
+        self.check()?;
+        self.inner.get(t, k).await
+    }
+    async fn put(
+        &self,
+        t: &str,
+        k: &str,
+        i: sluice_core::table::Item,
+        c: sluice_core::table::Condition,
+    ) -> Result<(), sluice_core::TableError> {
+        self.check()?;
+        self.inner.put(t, k, i, c).await
+    }
+    async fn delete(
+        &self,
+        t: &str,
+        k: &str,
+        c: sluice_core::table::Condition,
+    ) -> Result<(), sluice_core::TableError> {
+        self.check()?;
+        self.inner.delete(t, k, c).await
+    }
+    async fn add(&self, t: &str, k: &str, a: &str, d: i64) -> Result<i64, sluice_core::TableError> {
+        self.check()?;
+        self.inner.add(t, k, a, d).await
+    }
+    async fn scan(
+        &self,
+        t: &str,
+    ) -> Result<Vec<(String, sluice_core::table::Item)>, sluice_core::TableError> {
+        self.check()?;
+        self.inner.scan(t).await
+    }
+}
+
+impl Switchable {
+    fn check(&self) -> Result<(), sluice_core::TableError> {
+        if self.down.load(std::sync::atomic::Ordering::SeqCst) {
+            Err(sluice_core::TableError::Unavailable("switched off".into()))
+        } else {
+            Ok(())
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lease_table_briefly_unreachable_neither_stops_nor_skips() {
+    let s = setup(2).await;
+    let switch = Arc::new(Switchable {
+        inner: s.tables.clone(),
+        down: std::sync::atomic::AtomicBool::new(false),
+    });
+    let seen = Arc::new(Seen::default());
+    let producer = Producer::start(s.streams.clone(), &s.stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    write(&producer, 10, 0, 10).await;
+    let tables: Arc<dyn TableBackend> = switch.clone();
+    let a = Worker::start(
+        s.streams.clone(),
+        tables,
+        config(&s, "a"),
+        factory("a", &seen),
+    );
+    wait_until(Duration::from_secs(30), "the first records", || {
+        check_complete(&seen, 10, 10)
+    })
+    .await;
+    // Shorter than the failover time: the worker keeps its leases.
+    switch.down.store(true, std::sync::atomic::Ordering::SeqCst);
+    write(&producer, 10, 10, 10).await;
+    tokio::time::sleep(Duration::from_millis(700)).await;
+    switch
+        .down
+        .store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until(
+        Duration::from_secs(30),
+        "every record after the outage",
+        || check_complete(&seen, 10, 20),
+    )
+    .await;
+    a.shutdown().await;
+    check_order(&seen);
+    // The last checkpoints cover what was processed, and no more.
+    let (leases, _) = LeaseTable::new(s.tables.clone(), &s.app)
+        .list()
+        .await
+        .unwrap();
+    assert_eq!(leases.len(), 2);
+    let processed = seen.records.lock().unwrap().len();
+    assert!(processed >= 200);
+}
