@@ -629,3 +629,97 @@ async fn a_lease_table_briefly_unreachable_neither_stops_nor_skips() {
     let processed = seen.records.lock().unwrap().len();
     assert!(processed >= 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_new_application_starts_where_it_is_told() {
+    let s = setup(2).await;
+    let producer = Producer::start(s.streams.clone(), &s.stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    write(&producer, 10, 0, 10).await;
+    // Records arrive at millisecond times; the next ones come after `cut`.
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as i64
+    };
+    let cut = now_ms() + 1;
+    while now_ms() <= cut {
+        tokio::task::yield_now().await;
+    }
+    write(&producer, 10, 10, 10).await;
+
+    let run = |name: &'static str, position: InitialPosition| {
+        let setup = Setup {
+            _dir: None,
+            streams: s.streams.clone(),
+            tables: s.tables.clone(),
+            stream: s.stream.clone(),
+            app: format!("{}-{name}", s.app),
+        };
+        let seen = Arc::new(Seen::default());
+        let mut config = config(&setup, name);
+        config.initial_position = position;
+        let worker = Worker::start(
+            setup.streams.clone(),
+            setup.tables.clone(),
+            config,
+            factory(name, &seen),
+        );
+        (worker, seen)
+    };
+    let (replay, replayed) = run("replay", InitialPosition::AtTimestamp(cut));
+    let (latest, newest) = run("latest", InitialPosition::Latest);
+    let (all, everything) = run("all", InitialPosition::TrimHorizon);
+    wait_until(
+        Duration::from_secs(30),
+        "everything from the beginning",
+        || check_complete(&everything, 10, 20),
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "the replay from the cut", || {
+        let n = replayed.records.lock().unwrap().len();
+        if n == 100 {
+            Ok(())
+        } else {
+            Err(format!("{n} replayed"))
+        }
+    })
+    .await;
+    assert!(
+        replayed
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, v, _)| *v >= 10),
+        "only records after the cut"
+    );
+    // LATEST: nothing from before; new records are read once its readers
+    // are at the tip, so keep writing until they show up.
+    let mut value = 20;
+    let started = std::time::Instant::now();
+    while newest.records.lock().unwrap().is_empty() {
+        assert!(
+            started.elapsed() < Duration::from_secs(30),
+            "latest never saw a new record"
+        );
+        write(&producer, 10, value, 1).await;
+        value += 1;
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(
+        newest
+            .records
+            .lock()
+            .unwrap()
+            .iter()
+            .all(|(_, v, _)| *v >= 20),
+        "nothing from before"
+    );
+    assert_eq!(latest.held().len(), 2);
+    for worker in [replay, latest, all] {
+        worker.shutdown().await;
+    }
+}
