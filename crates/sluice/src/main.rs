@@ -166,13 +166,19 @@ async fn main() -> std::process::ExitCode {
     } else {
         LogFormat::Text
     });
-    match run(cli.command).await {
+    // OTLP export when OTEL_EXPORTER_OTLP_ENDPOINT is set; off otherwise.
+    let telemetry = tokio::task::spawn_blocking(|| sluice_telemetry::Telemetry::start("sluice"))
+        .await
+        .expect("telemetry start");
+    let code = match run(cli.command).await {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             std::process::ExitCode::FAILURE
         }
-    }
+    };
+    let _ = tokio::task::spawn_blocking(move || telemetry.shutdown()).await;
+    code
 }
 
 async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {

@@ -1227,3 +1227,202 @@ async fn faults_lose_nothing(sluice: &Sluice, dir: &Path, inbound: &str, clicks:
         .sum();
     assert!(failed > 0, "the faults were really injected: {metrics}");
 }
+
+/// An OTLP/HTTP receiver: every metrics request, decoded.
+async fn otlp_receiver() -> (
+    String,
+    Arc<
+        std::sync::Mutex<
+            Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
+        >,
+    >,
+) {
+    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+    use prost::Message;
+    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let sink = received.clone();
+    let app = axum::Router::new().route(
+        "/v1/metrics",
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request =
+                    ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics request");
+                sink.lock().unwrap().push(request);
+                axum::http::StatusCode::OK
+            }
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let address = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (format!("http://{address}"), received)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
+    use opentelemetry_proto::tonic::metrics::v1::{
+        metric::Data, number_data_point::Value as Point, AggregationTemporality,
+    };
+    let (endpoint, received) = otlp_receiver().await;
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with(
+        dir.path(),
+        "up",
+        CONFIG,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "200"),
+            ("SLUICE_ENVIRONMENT", "test"),
+        ],
+    );
+    let lines: Vec<String> = (0..5)
+        .map(|i| format!(r#"{{"type":"click","event_id":"otlp-{i}"}}"#))
+        .collect();
+    let (status, body) = post(&sluice.url, "application/x-ndjson", lines.join("\n")).await;
+    assert_eq!(status, 202, "{body}");
+
+    // The deltas of the accepted-events counter add up to what was sent.
+    wait_for(
+        Duration::from_secs(30),
+        "5 accepted events in OTLP deltas",
+        || {
+            let requests = received.lock().unwrap().clone();
+            async move {
+                let mut total = 0;
+                for request in &requests {
+                    for resource in &request.resource_metrics {
+                        for scope in &resource.scope_metrics {
+                            for metric in &scope.metrics {
+                                if metric.name != "sluice_collector_events_accepted_total" {
+                                    continue;
+                                }
+                                let Some(Data::Sum(sum)) = &metric.data else {
+                                    return Err(format!("not a sum: {metric:?}"));
+                                };
+                                if sum.aggregation_temporality
+                                    != AggregationTemporality::Delta as i32
+                                {
+                                    return Err(format!("not delta: {sum:?}"));
+                                }
+                                for point in &sum.data_points {
+                                    if let Some(Point::AsInt(v)) = point.value {
+                                        total += v;
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+                if total == 5 {
+                    Ok(())
+                } else {
+                    Err(format!("{total} in {} requests", requests.len()))
+                }
+            }
+        },
+    )
+    .await;
+    let requests = received.lock().unwrap().clone();
+    let resource = requests[0].resource_metrics[0].resource.clone().unwrap();
+    let attribute = |key: &str| {
+        resource
+            .attributes
+            .iter()
+            .find(|a| a.key == key)
+            .and_then(|a| a.value.clone())
+            .and_then(|v| v.value)
+            .map(|v| format!("{v:?}"))
+    };
+    assert!(attribute("service.name").unwrap().contains("sluice"));
+    assert!(attribute("deployment.environment.name")
+        .unwrap()
+        .contains("test"));
+
+    // The same counter on /metrics, in the Prometheus text format.
+    let text = client()
+        .get(format!("{}/metrics", sluice.url))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let accepted: Vec<f64> = text
+        .lines()
+        .filter(|l| l.starts_with("sluice_collector_events_accepted_total"))
+        .filter_map(|l| l.rsplit(' ').next()?.parse().ok())
+        .collect();
+    assert_eq!(accepted, [5.0], "{text}");
+    assert!(text.contains("# TYPE sluice_collector_events_accepted_total counter"));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unreachable_telemetry_endpoint_does_not_stop_the_pipeline() {
+    // Nothing listens here.
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let endpoint = format!("http://127.0.0.1:{port}");
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with(
+        dir.path(),
+        "up",
+        CONFIG,
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+        ],
+    );
+    for round in 0..3 {
+        let (status, body) = post(
+            &sluice.url,
+            "application/json",
+            format!(r#"{{"type":"purchase","event_id":"down-{round}"}}"#),
+        )
+        .await;
+        assert_eq!(status, 202, "{body}");
+    }
+    wait_for(
+        Duration::from_secs(30),
+        "failed exports to be counted",
+        || {
+            let url = sluice.url.clone();
+            async move {
+                let text = client()
+                    .get(format!("{url}/metrics"))
+                    .send()
+                    .await
+                    .unwrap()
+                    .text()
+                    .await
+                    .unwrap();
+                let failures: f64 = text
+                    .lines()
+                    .find(|l| l.starts_with("sluice_telemetry_export_failures_total"))
+                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                    .unwrap_or(0.0);
+                if failures > 0.0 {
+                    Ok(())
+                } else {
+                    Err("no failure counted yet".into())
+                }
+            }
+        },
+    )
+    .await;
+    wait_for(Duration::from_secs(30), "routing to go on", || {
+        let url = sluice.url.clone();
+        async move {
+            let n = read_stream(&url, "transactions").await.len();
+            if n == 3 {
+                Ok(())
+            } else {
+                Err(format!("{n} of 3"))
+            }
+        }
+    })
+    .await;
+}

@@ -6,8 +6,10 @@
 //! This crate uses no other Sluice crate.
 
 pub mod metrics;
+pub mod otlp;
 pub mod registry;
 
+pub use otlp::Telemetry;
 pub use registry::{Counter, Gauge};
 
 use tracing_subscriber::EnvFilter;

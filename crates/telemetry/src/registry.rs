@@ -102,6 +102,29 @@ impl MetricDef {
     }
 }
 
+/// A series' current value.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Value {
+    Counter(u64),
+    Gauge(i64),
+}
+
+/// Every series of one metric now: its labels and value.
+pub fn series_of(def: &MetricDef) -> Vec<(Vec<(&'static str, String)>, Value)> {
+    let series = registry().series.lock().expect("registry lock");
+    series
+        .range((def.name, Vec::new())..)
+        .take_while(|((name, _), _)| *name == def.name)
+        .map(|((_, labels), (_, cell))| {
+            let value = match cell {
+                Cell::Counter(c) => Value::Counter(c.load(Ordering::Relaxed)),
+                Cell::Gauge(g) => Value::Gauge(g.load(Ordering::Relaxed)),
+            };
+            (labels.clone(), value)
+        })
+        .collect()
+}
+
 fn escape(value: &str) -> String {
     value
         .replace('\\', "\\\\")

@@ -50,6 +50,11 @@ async fn main() -> ExitCode {
         // `sluice up` and is ignored here.
         BackendConfig::Local { .. } => AwsSettings::default(),
     };
+    let telemetry = Arc::new(
+        tokio::task::spawn_blocking(|| sluice_telemetry::Telemetry::start("sluice-router-lambda"))
+            .await
+            .expect("telemetry start"),
+    );
     let (streams, _) = sluice_backends::aws::connect(&settings).await;
     // [faults] works here as in `sluice up`: for tests and drills only.
     let streams = sluice::server::with_faults(Arc::new(streams), &config);
@@ -57,12 +62,18 @@ async fn main() -> ExitCode {
     tracing::info!(outputs = ?config.rules().streams(), "router ready");
     // The event text is kept whole and read in place: records borrow from it.
     let handler = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
-        let router = router.clone();
+        let (router, telemetry) = (router.clone(), telemetry.clone());
         async move {
             let deadline = router.delivery_deadline(event.context.deadline);
             let input: KinesisInput = serde_json::from_str(event.payload.get())
                 .map_err(|e| format!("not a Kinesis event: {e}"))?;
-            Ok::<_, Error>(router.handle(input, deadline).await)
+            let response = router.handle(input, deadline).await;
+            // Metrics leave before the answer: the sandbox may freeze after it.
+            if telemetry.enabled() {
+                let telemetry = telemetry.clone();
+                let _ = tokio::task::spawn_blocking(move || telemetry.flush()).await;
+            }
+            Ok::<_, Error>(response)
         }
     });
     match lambda_runtime::run(handler).await {

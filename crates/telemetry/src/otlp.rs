@@ -1,0 +1,174 @@
+//! Metrics exported with OTLP over HTTP/protobuf, with delta temporality
+//! (what Dynatrace takes: neither gRPC nor cumulative sums).
+//!
+//! Every metric of [`crate::metrics::ALL`] becomes an observable instrument
+//! that reads the registry at each export, so components keep counting
+//! through the one registry that `/metrics` renders too. The SDK turns the
+//! counters' running totals into deltas.
+//!
+//! Configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
+//! `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`), `OTEL_EXPORTER_OTLP_HEADERS`
+//! (for Dynatrace: `Authorization=Api-Token dt0c01....`),
+//! `OTEL_METRIC_EXPORT_INTERVAL` (ms), `OTEL_RESOURCE_ATTRIBUTES`. Without
+//! an endpoint nothing is exported. Export runs on its own thread with a
+//! timeout: an endpoint that is down never slows the pipeline; failed
+//! exports are counted in `sluice_telemetry_export_failures_total`.
+
+use std::time::Duration;
+
+use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::KeyValue;
+use opentelemetry_otlp::{MetricExporter, WithExportConfig};
+use opentelemetry_sdk::error::OTelSdkResult;
+use opentelemetry_sdk::metrics::data::ResourceMetrics;
+use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
+use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::Resource;
+
+use crate::metrics;
+use crate::registry::{series_of, Kind, Value};
+
+/// The running export; flush it before a Lambda invocation returns, shut it
+/// down at exit.
+pub struct Telemetry {
+    provider: Option<SdkMeterProvider>,
+}
+
+/// Counts failed exports around the OTLP exporter.
+#[derive(Debug)]
+struct Counted(MetricExporter);
+
+impl PushMetricExporter for Counted {
+    async fn export(&self, batch: &ResourceMetrics) -> OTelSdkResult {
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            metrics::TELEMETRY_EXPORT_FAILURES.counter(&[]).inc();
+        }
+        result
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn temporality(&self) -> Temporality {
+        Temporality::Delta
+    }
+}
+
+fn endpoint_configured() -> bool {
+    [
+        "OTEL_EXPORTER_OTLP_ENDPOINT",
+        "OTEL_EXPORTER_OTLP_METRICS_ENDPOINT",
+    ]
+    .iter()
+    .any(|v| std::env::var(v).is_ok_and(|v| !v.is_empty()))
+}
+
+impl Telemetry {
+    /// Starts exporting when an OTLP endpoint is configured.
+    pub fn start(service: &str) -> Self {
+        if !endpoint_configured() {
+            return Self { provider: None };
+        }
+        let exporter = match MetricExporter::builder()
+            .with_http()
+            .with_timeout(Duration::from_secs(5))
+            .with_temporality(Temporality::Delta)
+            .build()
+        {
+            Ok(exporter) => exporter,
+            Err(e) => {
+                tracing::error!(error = %e, "OTLP metrics export is off: the exporter could not be built");
+                return Self { provider: None };
+            }
+        };
+        let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
+            .ok()
+            .and_then(|ms| ms.parse().ok())
+            .map_or(Duration::from_secs(60), Duration::from_millis);
+        let reader = PeriodicReader::builder(Counted(exporter))
+            .with_interval(interval)
+            .build();
+        let environment = std::env::var("SLUICE_ENVIRONMENT").unwrap_or_else(|_| "local".into());
+        let resource = Resource::builder()
+            .with_service_name(service.to_owned())
+            .with_attributes([
+                KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+                KeyValue::new("deployment.environment.name", environment),
+            ])
+            .build();
+        let provider = SdkMeterProvider::builder()
+            .with_reader(reader)
+            .with_resource(resource)
+            .build();
+        let meter = provider.meter("sluice");
+        for def in metrics::ALL {
+            let def: &'static _ = *def;
+            match def.kind {
+                Kind::Counter => {
+                    meter
+                        .u64_observable_counter(def.name)
+                        .with_description(def.help)
+                        .with_callback(move |observer| {
+                            for (labels, value) in series_of(def) {
+                                if let Value::Counter(v) = value {
+                                    observer.observe(v, &attributes(&labels));
+                                }
+                            }
+                        })
+                        .build();
+                }
+                Kind::Gauge => {
+                    meter
+                        .i64_observable_gauge(def.name)
+                        .with_description(def.help)
+                        .with_callback(move |observer| {
+                            for (labels, value) in series_of(def) {
+                                if let Value::Gauge(v) = value {
+                                    observer.observe(v, &attributes(&labels));
+                                }
+                            }
+                        })
+                        .build();
+                }
+            }
+        }
+        tracing::info!(
+            service,
+            interval_ms = interval.as_millis() as u64,
+            "exporting metrics with OTLP (HTTP/protobuf, delta)"
+        );
+        Self {
+            provider: Some(provider),
+        }
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.provider.is_some()
+    }
+
+    /// Exports now (a Lambda invocation calls this before it answers).
+    pub fn flush(&self) {
+        if let Some(provider) = &self.provider {
+            if let Err(e) = provider.force_flush() {
+                tracing::debug!(error = %e, "metrics flush failed");
+            }
+        }
+    }
+
+    /// Exports what is left and stops.
+    pub fn shutdown(self) {
+        if let Some(provider) = self.provider {
+            let _ = provider.shutdown();
+        }
+    }
+}
+
+fn attributes(labels: &[(&'static str, String)]) -> Vec<KeyValue> {
+    labels
+        .iter()
+        .map(|(k, v)| KeyValue::new(*k, v.clone()))
+        .collect()
+}
