@@ -193,6 +193,22 @@ fn event_id(record: &[u8]) -> String {
     }
 }
 
+/// Waits until a stream holds `count` records.
+async fn wait_for_count(limit: Duration, url: &str, stream: &str, count: usize) {
+    wait_for(limit, &format!("{count} records in {stream}"), || {
+        let url = url.to_owned();
+        async move {
+            let n = read_stream(&url, stream).await.len();
+            if n == count {
+                Ok(())
+            } else {
+                Err(format!("{n} of {count}"))
+            }
+        }
+    })
+    .await;
+}
+
 /// Waits until `ready` holds, polling; fails with `what` after `limit`.
 async fn wait_for<F, Fut>(limit: Duration, what: &str, mut ready: F)
 where
@@ -634,18 +650,7 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown field `colour`"));
 
     // `sluice tail` prints routed envelopes.
-    wait_for(Duration::from_secs(60), "the sample to be routed", || {
-        let url = url.clone();
-        async move {
-            let n = read_stream(&url, "transactions").await.len();
-            if n == 964 {
-                Ok(())
-            } else {
-                Err(format!("{n} of 964 purchases and refunds"))
-            }
-        }
-    })
-    .await;
+    wait_for_count(Duration::from_secs(60), &url, "transactions", 964).await;
     let tailed = sluice_cli(&["tail", "transactions", "--url", &url, "--limit", "5"]);
     assert!(tailed.status.success());
     let lines: Vec<&[u8]> = tailed
@@ -1413,16 +1418,5 @@ async fn an_unreachable_telemetry_endpoint_does_not_stop_the_pipeline() {
         },
     )
     .await;
-    wait_for(Duration::from_secs(30), "routing to go on", || {
-        let url = sluice.url.clone();
-        async move {
-            let n = read_stream(&url, "transactions").await.len();
-            if n == 3 {
-                Ok(())
-            } else {
-                Err(format!("{n} of 3"))
-            }
-        }
-    })
-    .await;
+    wait_for_count(Duration::from_secs(30), &sluice.url, "transactions", 3).await;
 }
