@@ -89,6 +89,9 @@ pub struct RoutedBatch {
     pub unmatched: u64,
     /// Dead-lettered records by reason code.
     pub dead_letters: Vec<(&'static str, u64)>,
+    /// The distinct `traceparent` headers of the batch, in order of first
+    /// appearance: the contexts the router continues.
+    pub traceparents: Vec<String>,
 }
 
 impl RoutedBatch {
@@ -170,6 +173,13 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
         };
         match headers {
             Ok(headers) => {
+                if let Some(crate::envelope::HeaderValue::Str(tp)) = headers.get("traceparent") {
+                    if batch.traceparents.last().map(String::as_str) != Some(tp.as_ref())
+                        && !batch.traceparents.iter().any(|seen| seen == tp.as_ref())
+                    {
+                        batch.traceparents.push(tp.to_string());
+                    }
+                }
                 if rules.route(&headers, &mut targets, &mut matched) == Decision::Unmatched {
                     batch.unmatched += 1;
                 }

@@ -32,6 +32,33 @@ impl RecordProcessor for PrintLines {
         batch: &Batch,
         checkpointer: &mut Checkpointer,
     ) -> Result<(), ProcessError> {
+        // The consumer's hop of each event's trace.
+        let _spans: Vec<_> = if sluice_telemetry::trace::enabled() {
+            let mut contexts: Vec<String> = Vec::new();
+            for record in &batch.records {
+                if let Ok(headers) = sluice_core::envelope::decode_headers(&record.data) {
+                    if let Some(sluice_core::HeaderValue::Str(tp)) = headers.get("traceparent") {
+                        if !contexts.iter().any(|c| c == tp.as_ref()) {
+                            contexts.push(tp.to_string());
+                        }
+                    }
+                }
+            }
+            contexts
+                .iter()
+                .take(128)
+                .map(|tp| {
+                    sluice_telemetry::trace::start(
+                        "consume",
+                        sluice_telemetry::trace::Kind::Consumer,
+                        Some(tp),
+                        &[],
+                    )
+                })
+                .collect()
+        } else {
+            Vec::new()
+        };
         {
             let mut out = self.out.lock().expect("stdout lock");
             for record in &batch.records {

@@ -1233,35 +1233,149 @@ async fn faults_lose_nothing(sluice: &Sluice, dir: &Path, inbound: &str, clicks:
     assert!(failed > 0, "the faults were really injected: {metrics}");
 }
 
-/// An OTLP/HTTP receiver: every metrics request, decoded.
-async fn otlp_receiver() -> (
-    String,
-    Arc<
-        std::sync::Mutex<
-            Vec<opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest>,
-        >,
-    >,
-) {
-    use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+type Received<T> = Arc<std::sync::Mutex<Vec<T>>>;
+type MetricsRequest =
+    opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
+type TraceRequest = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
+
+/// An OTLP/HTTP receiver: every metrics and trace request, decoded.
+async fn otlp_receiver() -> (String, Received<MetricsRequest>, Received<TraceRequest>) {
     use prost::Message;
-    let received = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let sink = received.clone();
-    let app = axum::Router::new().route(
-        "/v1/metrics",
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let request =
-                    ExportMetricsServiceRequest::decode(body).expect("an OTLP metrics request");
-                sink.lock().unwrap().push(request);
-                axum::http::StatusCode::OK
-            }
-        }),
-    );
+    let metrics: Received<MetricsRequest> = Arc::default();
+    let traces: Received<TraceRequest> = Arc::default();
+    let (metric_sink, trace_sink) = (metrics.clone(), traces.clone());
+    let app = axum::Router::new()
+        .route(
+            "/v1/metrics",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let sink = metric_sink.clone();
+                async move {
+                    let request = MetricsRequest::decode(body).expect("an OTLP metrics request");
+                    sink.lock().unwrap().push(request);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        )
+        .route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let sink = trace_sink.clone();
+                async move {
+                    let request = TraceRequest::decode(body).expect("an OTLP trace request");
+                    sink.lock().unwrap().push(request);
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), received)
+    (format!("http://{address}"), metrics, traces)
+}
+
+/// Spans received: (service, span name, trace id in hex).
+fn spans(traces: &Received<TraceRequest>) -> Vec<(String, String, String)> {
+    let mut out = Vec::new();
+    for request in traces.lock().unwrap().iter() {
+        for resource in &request.resource_spans {
+            let service = resource
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.clone())
+                .map(|v| format!("{:?}", v.value))
+                .unwrap_or_default();
+            for scope in &resource.scope_spans {
+                for span in &scope.spans {
+                    let trace: String = span.trace_id.iter().map(|b| format!("{b:02x}")).collect();
+                    out.push((service.clone(), span.name.clone(), trace));
+                }
+            }
+        }
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_event_is_followed_from_collector_to_router_to_consumer_in_one_trace() {
+    let (endpoint, _, traces) = otlp_receiver().await;
+    let moto = moto_endpoint();
+    let prefix = format!("trace-{}", std::process::id());
+    let dir = tempfile::tempdir().unwrap();
+    let mut env: Vec<(&str, &str)> = AWS_ENV.to_vec();
+    env.extend([
+        ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        ("OTEL_BSP_SCHEDULE_DELAY", "100"),
+        ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
+    ]);
+    let sluice = Sluice::start_with(dir.path(), "up", &aws_config(&moto, &prefix, true), &env);
+    let mut consumer = Command::new(env!("CARGO_BIN_EXE_sluice"))
+        .args([
+            "consume",
+            "--app",
+            &format!("{prefix}-readers"),
+            "--stream",
+            &format!("{prefix}-clicks"),
+        ])
+        .args(["--failover-ms", "3000", "--config"])
+        .arg(dir.path().join("sluice.toml"))
+        .envs(env.iter().copied())
+        .env("E2E_TOKENS", TOKEN)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+
+    let (status, body) = post(
+        &sluice.url,
+        "application/json",
+        r#"{"type":"click","event_id":"traced-1"}"#,
+    )
+    .await;
+    assert_eq!(status, 202, "{body}");
+    wait_for_count(
+        Duration::from_secs(60),
+        &sluice.url,
+        &format!("{prefix}-clicks"),
+        1,
+    )
+    .await;
+    let record = read_stream(&sluice.url, &format!("{prefix}-clicks"))
+        .await
+        .remove(0);
+    let Some(HeaderValue::Str(traceparent)) =
+        decode(&record).unwrap().headers.get("traceparent").cloned()
+    else {
+        panic!("no traceparent in the routed record")
+    };
+    let trace = traceparent.split('-').nth(1).unwrap().to_owned();
+
+    wait_for(
+        Duration::from_secs(60),
+        "the three hops in one trace",
+        || {
+            let found = spans(&traces);
+            let trace = trace.clone();
+            async move {
+                let hops: BTreeSet<&str> = found
+                    .iter()
+                    .filter(|(_, _, t)| *t == trace)
+                    .map(|(_, name, _)| name.as_str())
+                    .collect();
+                if ["collector.request", "router.route", "consume"]
+                    .iter()
+                    .all(|h| hops.contains(h))
+                {
+                    Ok(())
+                } else {
+                    Err(format!("trace {trace} has {hops:?}"))
+                }
+            }
+        },
+    )
+    .await;
+    let _ = consumer.kill();
+    let _ = consumer.wait();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -1269,7 +1383,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
     use opentelemetry_proto::tonic::metrics::v1::{
         metric::Data, number_data_point::Value as Point, AggregationTemporality,
     };
-    let (endpoint, received) = otlp_receiver().await;
+    let (endpoint, received, _) = otlp_receiver().await;
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start_with(
         dir.path(),

@@ -8,6 +8,7 @@
 pub mod metrics;
 pub mod otlp;
 pub mod registry;
+pub mod trace;
 
 pub use otlp::Telemetry;
 pub use registry::{Counter, Gauge};

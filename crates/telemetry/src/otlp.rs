@@ -1,5 +1,6 @@
-//! Metrics exported with OTLP over HTTP/protobuf, with delta temporality
-//! (what Dynatrace takes: neither gRPC nor cumulative sums).
+//! Metrics and spans exported with OTLP over HTTP/protobuf, metrics with
+//! delta temporality (what Dynatrace takes: neither gRPC nor cumulative
+//! sums).
 //!
 //! Every metric of [`crate::metrics::ALL`] becomes an observable instrument
 //! that reads the registry at each export, so components keep counting
@@ -18,11 +19,12 @@ use std::time::Duration;
 
 use opentelemetry::metrics::MeterProvider as _;
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
+use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 
 use crate::metrics;
@@ -32,6 +34,7 @@ use crate::registry::{series_of, Kind, Value};
 /// down at exit.
 pub struct Telemetry {
     provider: Option<SdkMeterProvider>,
+    tracer: Option<SdkTracerProvider>,
 }
 
 /// Counts failed exports around the OTLP exporter.
@@ -70,7 +73,10 @@ impl Telemetry {
     /// Starts exporting when an OTLP endpoint is configured.
     pub fn start(service: &str) -> Self {
         if !endpoint_configured() {
-            return Self { provider: None };
+            return Self {
+                provider: None,
+                tracer: None,
+            };
         }
         let exporter = match MetricExporter::builder()
             .with_http()
@@ -81,7 +87,10 @@ impl Telemetry {
             Ok(exporter) => exporter,
             Err(e) => {
                 tracing::error!(error = %e, "OTLP metrics export is off: the exporter could not be built");
-                return Self { provider: None };
+                return Self {
+                    provider: None,
+                    tracer: None,
+                };
             }
         };
         let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
@@ -99,6 +108,25 @@ impl Telemetry {
                 KeyValue::new("deployment.environment.name", environment),
             ])
             .build();
+        let tracer = match SpanExporter::builder()
+            .with_http()
+            .with_timeout(Duration::from_secs(5))
+            .build()
+        {
+            Ok(exporter) => {
+                let tracer = SdkTracerProvider::builder()
+                    .with_batch_exporter(exporter)
+                    .with_resource(resource.clone())
+                    .build();
+                opentelemetry::global::set_tracer_provider(tracer.clone());
+                crate::trace::set_enabled();
+                Some(tracer)
+            }
+            Err(e) => {
+                tracing::error!(error = %e, "OTLP span export is off: the exporter could not be built");
+                None
+            }
+        };
         let provider = SdkMeterProvider::builder()
             .with_reader(reader)
             .with_resource(resource)
@@ -142,6 +170,7 @@ impl Telemetry {
         );
         Self {
             provider: Some(provider),
+            tracer,
         }
     }
 
@@ -151,6 +180,11 @@ impl Telemetry {
 
     /// Exports now (a Lambda invocation calls this before it answers).
     pub fn flush(&self) {
+        if let Some(tracer) = &self.tracer {
+            if let Err(e) = tracer.force_flush() {
+                tracing::debug!(error = %e, "span flush failed");
+            }
+        }
         if let Some(provider) = &self.provider {
             if let Err(e) = provider.force_flush() {
                 tracing::debug!(error = %e, "metrics flush failed");
@@ -160,6 +194,9 @@ impl Telemetry {
 
     /// Exports what is left and stops.
     pub fn shutdown(self) {
+        if let Some(tracer) = self.tracer {
+            let _ = tracer.shutdown();
+        }
         if let Some(provider) = self.provider {
             let _ = provider.shutdown();
         }

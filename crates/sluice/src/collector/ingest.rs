@@ -244,6 +244,18 @@ pub fn ingest(
     rules: &IngestRules,
     clock: &dyn Clock,
 ) -> Result<Ingested, BodyError> {
+    ingest_traced(body, format, rules, clock, None)
+}
+
+/// As [`ingest`], writing `traceparent` into the headers of every event
+/// that does not carry its own (from the page that sent it).
+pub fn ingest_traced(
+    body: &Bytes,
+    format: BodyFormat,
+    rules: &IngestRules,
+    clock: &dyn Clock,
+    traceparent: Option<&str>,
+) -> Result<Ingested, BodyError> {
     let events = split(body, format)?;
     if events.len() > rules.max_events {
         return Err(BodyError::TooManyEvents {
@@ -254,7 +266,7 @@ pub fn ingest(
     let mut records = Vec::with_capacity(events.len());
     let mut rejections = Vec::new();
     for (index, text) in events {
-        match build(text, rules, clock) {
+        match build(text, rules, clock, traceparent) {
             Ok(record) => records.push(record),
             Err((status, reason)) => rejections.push(Rejection {
                 index,
@@ -282,7 +294,12 @@ fn short_string(value: Value, field: &str, max: usize) -> Result<String, (u16, S
     }
 }
 
-fn build(text: &[u8], rules: &IngestRules, clock: &dyn Clock) -> Result<PutRecord, (u16, String)> {
+fn build(
+    text: &[u8],
+    rules: &IngestRules,
+    clock: &dyn Clock,
+    traceparent: Option<&str>,
+) -> Result<PutRecord, (u16, String)> {
     // An event can't make an envelope smaller than itself minus its framing,
     // so the raw size is a cheap first check.
     if text.len() > rules.max_event_bytes + 64 {
@@ -379,6 +396,9 @@ fn build(text: &[u8], rules: &IngestRules, clock: &dyn Clock) -> Result<PutRecor
     }
     envelope.header_str("event_id", &event_id);
     envelope.header_str("ts", &ts);
+    if let Some(tp) = traceparent.filter(|_| sender_headers.get("traceparent").is_none()) {
+        envelope.header_str("traceparent", tp);
+    }
     for (name, value) in sender_headers.0.iter().filter(|(n, _)| n != "source") {
         envelope.header_raw(name, value.get().as_bytes());
     }

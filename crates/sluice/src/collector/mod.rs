@@ -65,17 +65,31 @@ pub async fn post_events(
             "content type {content_type:?} is not supported; send application/json (an event or an array) or application/x-ndjson"
         ))
     })?;
-    let outcome =
-        ingest::ingest(&body, format, &collector.rules, &ingest::SystemClock).map_err(|e| {
-            reject_reason(match e {
-                BodyError::TooManyEvents { .. } => "too_many_events",
-                _ => "bad_body",
-            });
-            match e {
-                BodyError::TooManyEvents { .. } => AppError::TooLarge(e.to_string()),
-                other => AppError::BadRequest(other.to_string()),
-            }
-        })?;
+    // A span per request; its context goes into every envelope.
+    let span = sluice_telemetry::trace::start(
+        "collector.request",
+        sluice_telemetry::trace::Kind::Server,
+        None,
+        &[],
+    );
+    let traceparent = span.traceparent();
+    let outcome = ingest::ingest_traced(
+        &body,
+        format,
+        &collector.rules,
+        &ingest::SystemClock,
+        traceparent.as_deref(),
+    )
+    .map_err(|e| {
+        reject_reason(match e {
+            BodyError::TooManyEvents { .. } => "too_many_events",
+            _ => "bad_body",
+        });
+        match e {
+            BodyError::TooManyEvents { .. } => AppError::TooLarge(e.to_string()),
+            other => AppError::BadRequest(other.to_string()),
+        }
+    })?;
     let records = match outcome {
         Ingested::Accepted(records) => records,
         Ingested::Rejected(rejections) => {

@@ -226,6 +226,7 @@ impl LambdaRouter {
             batch.sources[dead_letter_stream].push(position);
         }
         count_batch(&self.rules, input.records.len(), &batch);
+        let _spans = crate::router::trace_batch(&batch);
 
         let mut summary = Summary {
             records: input.records.len(),

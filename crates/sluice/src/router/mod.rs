@@ -26,6 +26,7 @@ impl RouteAndDeliver {
     pub async fn handle(&self, records: &[Record]) -> Result<(), ProduceError> {
         let batch = route_batch(&self.rules, &self.options, records);
         count_batch(&self.rules, records.len(), &batch);
+        let _spans = trace_batch(&batch);
         let sends = batch
             .outputs
             .into_iter()
@@ -37,6 +38,27 @@ impl RouteAndDeliver {
         }
         Ok(())
     }
+}
+
+/// Most upstream contexts a batch continues with spans of their own.
+const MAX_TRACED_CONTEXTS: usize = 128;
+
+/// Spans for a routed batch, alive until dropped (after delivery): one per
+/// upstream context (a collector request), as its child, so an event's
+/// trace goes on through the router; and one for the batch, linking them.
+pub fn trace_batch(batch: &RoutedBatch) -> Vec<sluice_telemetry::trace::Span> {
+    use sluice_telemetry::trace::{start, Kind};
+    if !sluice_telemetry::trace::enabled() || batch.traceparents.is_empty() {
+        return Vec::new();
+    }
+    let contexts = &batch.traceparents[..batch.traceparents.len().min(MAX_TRACED_CONTEXTS)];
+    let mut spans: Vec<_> = contexts
+        .iter()
+        .map(|tp| start("router.route", Kind::Consumer, Some(tp), &[]))
+        .collect();
+    let links: Vec<&str> = contexts.iter().map(String::as_str).collect();
+    spans.push(start("router.batch", Kind::Consumer, None, &links));
+    spans
 }
 
 /// Counts a routed batch in the router's metrics.
