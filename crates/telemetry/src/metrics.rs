@@ -19,6 +19,18 @@ macro_rules! metrics {
 }
 
 metrics! {
+    Counter CONSUMER_RECORDS
+        "sluice_consumer_records_processed_total"
+        "Records a consumer application's processors took, by application.";
+    Gauge CONSUMER_MILLIS_BEHIND
+        "sluice_consumer_millis_behind_latest"
+        "How far a shard's reader is behind the tip of the shard, by application and shard.";
+    Gauge CONSUMER_LEASES_HELD
+        "sluice_consumer_leases_held"
+        "Leases a worker holds, by application and worker.";
+    Gauge CONSUMER_CHECKPOINT_AGE_MS
+        "sluice_consumer_checkpoint_age_ms"
+        "Time since a shard's checkpoint last moved, by application and shard.";
     Counter TELEMETRY_EXPORT_FAILURES
         "sluice_telemetry_export_failures_total"
         "OTLP exports that failed (the telemetry was dropped; the pipeline goes on).";

@@ -9,6 +9,7 @@ use sluice_core::aggregate;
 use sluice_core::retry::Retryable;
 use sluice_core::stream::{Record, StartPosition, StreamError};
 use sluice_core::SequenceNumber;
+use sluice_telemetry::metrics;
 
 use super::lease::{Checkpoint, LeaseError, LeaseTable};
 use super::worker::{Held, Shared};
@@ -83,6 +84,11 @@ impl Checkpointer {
     /// Writes the checkpoint now, or, within `interval` of the last write,
     /// leaves it for the next renewal to write.
     async fn set(&mut self, checkpoint: Checkpoint, now: bool) -> Result<(), LeaseError> {
+        *self
+            .held
+            .checkpointed_at
+            .lock()
+            .expect("checkpoint time lock") = std::time::Instant::now().into();
         let due = now
             || self
                 .held
@@ -242,6 +248,11 @@ impl ShardReader {
         let (mut position, mut skip) = Self::start_of(&start);
         let mut iterator: Option<String> = None;
         let mut expired = false;
+        let behind = metrics::CONSUMER_MILLIS_BEHIND.gauge(&[
+            ("application", &config.application),
+            ("shard", &self.shard_id),
+        ]);
+        let processed = metrics::CONSUMER_RECORDS.counter(&[("application", &config.application)]);
         let mut last_read = tokio::time::Instant::now() - self.shared.streams.min_read_interval();
         loop {
             if let Some(outcome) = self.interrupted() {
@@ -295,6 +306,7 @@ impl ShardReader {
             };
             attempt = 0;
             expired = false;
+            behind.set(page.millis_behind_latest.unwrap_or(0) as i64);
             let records = user_records(&self.shard_id, page.records, &mut skip);
             let idle = records.is_empty();
             if let Some(last) = records.last() {
@@ -320,6 +332,7 @@ impl ShardReader {
                     self.retry(&format!("processing: {e}"), &mut attempt).await;
                 }
                 attempt = 0;
+                processed.add(batch.records.len() as u64);
                 let last = batch.records.last().expect("not empty");
                 match last.sub_sequence {
                     Some(sub) => {

@@ -347,6 +347,20 @@ async fn a_restart_resumes_from_the_checkpoints() {
     // A graceful stop wrote every checkpoint: nothing is processed twice.
     let processed = seen.records.lock().unwrap().len();
     assert_eq!(processed, 1200, "no duplicates after a clean restart");
+    // The consumer's metrics say the same.
+    let text = sluice_telemetry::registry::render_prometheus();
+    assert!(
+        text.contains(&format!(
+            "sluice_consumer_records_processed_total{{application=\"{}\"}} 1200",
+            s.app
+        )),
+        "{text}"
+    );
+    assert!(text.contains("sluice_consumer_leases_held{"), "{text}");
+    assert!(
+        text.contains("sluice_consumer_millis_behind_latest{"),
+        "{text}"
+    );
     check_order(&seen);
 
     // The lease table reads as the KCL's does.

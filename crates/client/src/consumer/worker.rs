@@ -12,6 +12,7 @@ use tokio::task::JoinSet;
 use tokio::time::Instant;
 
 use sluice_core::{StreamBackend, TableBackend};
+use sluice_telemetry::metrics;
 
 use super::lease::{Checkpoint, Lease, LeaseError, LeaseTable};
 use super::reader::{ReadOutcome, ShardReader};
@@ -22,6 +23,8 @@ pub(crate) struct Held {
     pub lease: tokio::sync::Mutex<Lease>,
     pub lost: AtomicBool,
     pub last_write: Mutex<Instant>,
+    /// When the checkpoint last moved.
+    pub checkpointed_at: Mutex<Instant>,
 }
 
 impl Held {
@@ -30,6 +33,7 @@ impl Held {
             lease: tokio::sync::Mutex::new(lease),
             lost: AtomicBool::new(false),
             last_write: Mutex::new(Instant::now()),
+            checkpointed_at: Mutex::new(Instant::now()),
         }
     }
 
@@ -190,6 +194,23 @@ async fn run(
 impl State {
     fn publish(&self) {
         *self.published.lock().expect("held lock") = self.held.keys().cloned().collect();
+        let config = &self.shared.config;
+        metrics::CONSUMER_LEASES_HELD
+            .gauge(&[
+                ("application", &config.application),
+                ("worker", &config.worker_id),
+            ])
+            .set(self.held.len() as i64);
+        for (shard, held) in &self.held {
+            let age = held
+                .checkpointed_at
+                .lock()
+                .expect("checkpoint time lock")
+                .elapsed();
+            metrics::CONSUMER_CHECKPOINT_AGE_MS
+                .gauge(&[("application", &config.application), ("shard", shard)])
+                .set(age.as_millis() as i64);
+        }
     }
 
     async fn renew(&mut self) {
