@@ -60,9 +60,12 @@ enum Cell {
     Gauge(Arc<AtomicI64>),
 }
 
+/// Series by metric name and labels.
+type Series = BTreeMap<(&'static str, Labels), (&'static MetricDef, Cell)>;
+
 #[derive(Default)]
 struct Registry {
-    series: Mutex<BTreeMap<(&'static str, Labels), (&'static MetricDef, Cell)>>,
+    series: Mutex<Series>,
 }
 
 fn registry() -> &'static Registry {
