@@ -193,6 +193,18 @@ fn event_id(record: &[u8]) -> String {
     }
 }
 
+/// The text of `/metrics`.
+async fn metrics_text(url: &str) -> String {
+    client()
+        .get(format!("{url}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap()
+}
+
 /// Waits until a stream holds `count` records.
 async fn wait_for_count(limit: Duration, url: &str, stream: &str, count: usize) {
     wait_for(limit, &format!("{count} records in {stream}"), || {
@@ -528,14 +540,7 @@ async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
         700,
         "the cursor continues without gaps or repeats"
     );
-    let metrics = client()
-        .get(format!("{url}/metrics"))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&url).await;
     assert!(
         metrics.contains("sluice_collector_events_accepted_total 700"),
         "{metrics}"
@@ -1035,14 +1040,7 @@ async fn aggregated_inbound_records_route_every_event_once_in_order() {
     let unique: BTreeSet<&String> = inbound.iter().collect();
     assert_eq!((inbound.len(), unique.len()), (600, 600));
 
-    let metrics = client()
-        .get(format!("{}/metrics", sluice.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&sluice.url).await;
     let value = |name: &str, stream: &str| -> u64 {
         metrics
             .lines()
@@ -1213,14 +1211,7 @@ async fn faults_lose_nothing(sluice: &Sluice, dir: &Path, inbound: &str, clicks:
         sent.len(),
         records.len()
     );
-    let metrics = client()
-        .get(format!("{}/metrics", sluice.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = metrics_text(&sluice.url).await;
     let failed: u64 = metrics
         .lines()
         .filter(|l| {
@@ -1459,14 +1450,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
         .contains("test"));
 
     // The same counter on /metrics, in the Prometheus text format.
-    let text = client()
-        .get(format!("{}/metrics", sluice.url))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = metrics_text(&sluice.url).await;
     let accepted: Vec<f64> = text
         .lines()
         .filter(|l| l.starts_with("sluice_collector_events_accepted_total"))
@@ -1510,14 +1494,7 @@ async fn an_unreachable_telemetry_endpoint_does_not_stop_the_pipeline() {
         || {
             let url = sluice.url.clone();
             async move {
-                let text = client()
-                    .get(format!("{url}/metrics"))
-                    .send()
-                    .await
-                    .unwrap()
-                    .text()
-                    .await
-                    .unwrap();
+                let text = metrics_text(&url).await;
                 let failures: f64 = text
                     .lines()
                     .find(|l| l.starts_with("sluice_telemetry_export_failures_total"))
