@@ -65,6 +65,9 @@ pub struct RouterOptions {
     pub source_stream: String,
     /// Records larger than this go to dead-letter.
     pub max_record_bytes: usize,
+    /// Gather the batch's distinct `traceparent` headers (when spans are
+    /// exported; otherwise the lookup is skipped).
+    pub trace_context: bool,
 }
 
 impl RouterOptions {
@@ -72,6 +75,7 @@ impl RouterOptions {
         Self {
             source_stream: source_stream.into(),
             max_record_bytes: MAX_RECORD_BYTES,
+            trace_context: false,
         }
     }
 }
@@ -173,7 +177,11 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
         };
         match headers {
             Ok(headers) => {
-                if let Some(crate::envelope::HeaderValue::Str(tp)) = headers.get("traceparent") {
+                if let Some(crate::envelope::HeaderValue::Str(tp)) = options
+                    .trace_context
+                    .then(|| headers.get("traceparent"))
+                    .flatten()
+                {
                     if batch.traceparents.last().map(String::as_str) != Some(tp.as_ref())
                         && !batch.traceparents.iter().any(|seen| seen == tp.as_ref())
                     {
@@ -351,6 +359,7 @@ to = ["transactions"]
         let options = RouterOptions {
             source_stream: "inbound".into(),
             max_record_bytes: 64,
+            trace_context: false,
         };
         let big = format!(
             r#"{{"headers":{{"type":"purchase"}},"payload":"{}"}}"#,

@@ -42,6 +42,18 @@ struct RunArgs {
     backend: Option<String>,
 }
 
+/// A consumer application on a stream, and where they are.
+#[derive(clap::Args)]
+struct AppArgs {
+    /// The application: its lease table carries this name.
+    #[arg(long)]
+    app: String,
+    #[arg(long)]
+    stream: String,
+    #[command(flatten)]
+    store: StoreArgs,
+}
+
 /// Where streams and tables are, for commands that open them.
 #[derive(clap::Args)]
 struct StoreArgs {
@@ -113,13 +125,8 @@ enum Command {
     /// envelope as one NDJSON line on stdout. Workers of one application
     /// share the shards through leases; run as many as you like (on AWS).
     Consume {
-        /// The application: its lease table carries this name.
-        #[arg(long)]
-        app: String,
-        #[arg(long)]
-        stream: String,
         #[command(flatten)]
-        store: StoreArgs,
+        target: AppArgs,
         /// This worker's name (default: host, process id and a random part).
         #[arg(long)]
         worker_id: Option<String>,
@@ -132,12 +139,8 @@ enum Command {
     },
     /// Show a consumer application's lease table: owner, checkpoint, lag.
     Leases {
-        #[arg(long)]
-        app: String,
-        #[arg(long)]
-        stream: String,
         #[command(flatten)]
-        store: StoreArgs,
+        target: AppArgs,
         /// Print JSON lines instead of a table.
         #[arg(long)]
         json: bool,
@@ -215,9 +218,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             sluice::cli::tail(&url, &stream, &from, limit, follow, token.as_deref()).await?;
         }
         Command::Consume {
-            app,
-            stream,
-            store,
+            target: AppArgs { app, stream, store },
             worker_id,
             failover_ms,
             from,
@@ -246,9 +247,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             .await?;
         }
         Command::Leases {
-            app,
-            stream,
-            store,
+            target: AppArgs { app, stream, store },
             json,
         } => {
             let store = store.open().await?;

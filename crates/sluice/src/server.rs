@@ -74,6 +74,7 @@ impl RunningRouter {
             options: RouterOptions {
                 source_stream: config.inbound.clone(),
                 max_record_bytes: config.router.max_record_bytes,
+                trace_context: sluice_telemetry::trace::enabled(),
             },
             producers: producers.clone(),
         });

@@ -61,6 +61,24 @@ async fn read_stream(streams: &Arc<dyn StreamBackend>, name: &str) -> Vec<Vec<(S
     per_shard
 }
 
+/// Embedded storage with the streams of `CONFIG`.
+async fn setup() -> (
+    tempfile::TempDir,
+    Arc<dyn StreamBackend>,
+    Arc<dyn TableBackend>,
+    Config,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let backend = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
+    let streams: Arc<dyn StreamBackend> = backend.streams.clone();
+    let table: Arc<dyn TableBackend> = backend.table.clone();
+    let config = Config::parse(CONFIG, "test").unwrap();
+    sluice::server::ensure_streams(streams.as_ref(), &config, true)
+        .await
+        .unwrap();
+    (dir, streams, table, config)
+}
+
 /// The router worker under test, on the "checkpoints" lease table.
 fn router(
     streams: &Arc<dyn StreamBackend>,
@@ -90,14 +108,7 @@ fn router(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn follows_splits_and_merges_keeping_order_per_key() {
-    let dir = tempfile::tempdir().unwrap();
-    let backend = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
-    let streams: Arc<dyn StreamBackend> = backend.streams.clone();
-    let table: Arc<dyn TableBackend> = backend.table.clone();
-    let config = Config::parse(CONFIG, "test").unwrap();
-    sluice::server::ensure_streams(streams.as_ref(), &config, true)
-        .await
-        .unwrap();
+    let (_dir, streams, table, config) = setup().await;
 
     let rules = Arc::new(config.rules());
     // Slow deliveries, so that reading a child before its parent ended would
@@ -259,14 +270,7 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn checkpoints_of_the_earlier_router_are_carried_over() {
     use sluice_core::table::{AttrValue, Condition, Item};
-    let dir = tempfile::tempdir().unwrap();
-    let backend = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
-    let streams: Arc<dyn StreamBackend> = backend.streams.clone();
-    let table: Arc<dyn TableBackend> = backend.table.clone();
-    let config = Config::parse(CONFIG, "test").unwrap();
-    sluice::server::ensure_streams(streams.as_ref(), &config, true)
-        .await
-        .unwrap();
+    let (_dir, streams, table, config) = setup().await;
     // Ten records on each shard; remember where shard 0's fourth one is.
     let shards = streams.list_shards("inbound").await.unwrap();
     let mut per_shard: Vec<Vec<String>> = vec![Vec::new(), Vec::new()];

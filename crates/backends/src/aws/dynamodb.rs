@@ -72,6 +72,18 @@ fn classify<E: ProvideErrorMetadata + std::error::Error + 'static>(
     }
 }
 
+/// A conditional write's error: a failed condition is typed, the rest classified.
+fn conditional<E: ProvideErrorMetadata + std::error::Error + 'static>(
+    table: &str,
+    err: SdkError<E>,
+) -> TableError {
+    if err.as_service_error().and_then(|s| s.code()) == Some("ConditionalCheckFailedException") {
+        TableError::ConditionFailed
+    } else {
+        classify(table, err)
+    }
+}
+
 fn to_dynamo(value: &AttrValue) -> AttributeValue {
     match value {
         AttrValue::S(s) => AttributeValue::S(s.clone()),
@@ -326,16 +338,11 @@ impl TableBackend for AwsTables {
                 .set_expression_attribute_names(Some(expression.names))
                 .set_expression_attribute_values(Some(expression.values));
         }
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(TableError::ConditionFailed)
-            }
-            Err(e) => Err(classify(table, e)),
-        }
+        request
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| conditional(table, e))
     }
 
     async fn delete(&self, table: &str, key: &str, condition: Condition) -> Result<(), TableError> {
@@ -352,16 +359,11 @@ impl TableBackend for AwsTables {
                 .set_expression_attribute_names(Some(expression.names))
                 .set_expression_attribute_values(Some(expression.values));
         }
-        match request.send().await {
-            Ok(_) => Ok(()),
-            Err(e)
-                if e.as_service_error()
-                    .is_some_and(|s| s.is_conditional_check_failed_exception()) =>
-            {
-                Err(TableError::ConditionFailed)
-            }
-            Err(e) => Err(classify(table, e)),
-        }
+        request
+            .send()
+            .await
+            .map(drop)
+            .map_err(|e| conditional(table, e))
     }
 
     async fn add(&self, table: &str, key: &str, attr: &str, delta: i64) -> Result<i64, TableError> {

@@ -124,6 +124,7 @@ impl LambdaRouter {
             options: RouterOptions {
                 source_stream: config.inbound.clone(),
                 max_record_bytes: config.router.max_record_bytes,
+                trace_context: sluice_telemetry::trace::enabled(),
             },
             streams,
             margin,
