@@ -33,6 +33,8 @@ use std::collections::HashMap;
 use bytes::{BufMut, Bytes, BytesMut};
 use md5::{Digest, Md5};
 
+use crate::stream::PartitionKey;
+
 /// The first four bytes of every aggregated record.
 pub const MAGIC: [u8; 4] = [0xF3, 0x89, 0x9A, 0xC2];
 const DIGEST_LEN: usize = 16;
@@ -42,7 +44,7 @@ pub const OVERHEAD: usize = MAGIC.len() + DIGEST_LEN;
 /// One user record inside an aggregate.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct UserRecord {
-    pub partition_key: String,
+    pub partition_key: PartitionKey,
     /// A decimal hash key, when the producer chose one.
     pub explicit_hash_key: Option<String>,
     pub data: Bytes,
@@ -87,7 +89,9 @@ pub fn deaggregate(data: &Bytes) -> Result<Option<Vec<UserRecord>>, AggregateErr
     let mut reader = Reader::new(&body);
     while let Some((field, wire)) = reader.key()? {
         match (field, wire) {
-            (1, LEN) => partition_keys.push(reader.string("partition key table")?),
+            (1, LEN) => {
+                partition_keys.push(PartitionKey::from(reader.string("partition key table")?))
+            }
             (2, LEN) => hash_keys.push(reader.string("explicit hash key table")?),
             (3, LEN) => {
                 let (start, end) = reader.bytes_range()?;

@@ -248,14 +248,22 @@ fn fast_path(data: &[u8]) -> Option<Result<(Headers<'_>, Rest), EnvelopeError>> 
             "headers must be a JSON object".into(),
         )));
     }
-    let mut stream = serde_json::Deserializer::from_slice(&data[pos..]).into_iter::<Headers>();
-    let headers = match stream.next() {
-        Some(Ok(headers)) => headers,
-        Some(Err(e)) if e.is_data() => return Some(Err(EnvelopeError::BadHeaders(e.to_string()))),
-        Some(Err(e)) => return Some(Err(EnvelopeError::NotJson(e.to_string()))),
-        None => return Some(Err(EnvelopeError::NotJson("unexpected end".into()))),
+    let (headers, end) = match scan_headers(data, pos) {
+        Some(found) => found,
+        None => {
+            let mut stream =
+                serde_json::Deserializer::from_slice(&data[pos..]).into_iter::<Headers>();
+            match stream.next() {
+                Some(Ok(headers)) => (headers, pos + stream.byte_offset()),
+                Some(Err(e)) if e.is_data() => {
+                    return Some(Err(EnvelopeError::BadHeaders(e.to_string())))
+                }
+                Some(Err(e)) => return Some(Err(EnvelopeError::NotJson(e.to_string()))),
+                None => return Some(Err(EnvelopeError::NotJson("unexpected end".into()))),
+            }
+        }
     };
-    let after = skip_ws(data, pos + stream.byte_offset());
+    let after = skip_ws(data, end);
     match data.get(after) {
         Some(b'}') => Some(Ok((headers, Rest::End(after)))),
         Some(b',') => {
@@ -267,6 +275,86 @@ fn fast_path(data: &[u8]) -> Option<Result<(Headers<'_>, Rest), EnvelopeError>> 
         }
         _ => None,
     }
+}
+
+/// Reads a headers object at `pos` the way almost every envelope is
+/// written: a flat object of plain keys, and string values without escapes,
+/// integers or booleans. The headers and the position after the object, or
+/// `None` for anything else (escapes, fractions, nesting, a duplicate name,
+/// bad syntax), which the caller hands to serde_json for the same answer or
+/// the precise error. Routing reads the headers of every record, and this
+/// costs a fraction of a general JSON parse.
+fn scan_headers(data: &[u8], pos: usize) -> Option<(Headers<'_>, usize)> {
+    let mut pos = skip_ws(data, expect(data, pos, b"{")?);
+    let mut entries: Vec<(Cow<'_, str>, HeaderValue<'_>)> = Vec::with_capacity(12);
+    if data.get(pos) == Some(&b'}') {
+        return Some((Headers { entries }, pos + 1));
+    }
+    loop {
+        let (name, next) = scan_string(data, pos)?;
+        pos = skip_ws(data, expect(data, skip_ws(data, next), b":")?);
+        let (value, next) = match *data.get(pos)? {
+            b'"' => {
+                let (text, next) = scan_string(data, pos)?;
+                (HeaderValue::Str(Cow::Borrowed(text)), next)
+            }
+            b't' => (HeaderValue::Bool(true), expect(data, pos, b"true")?),
+            b'f' => (HeaderValue::Bool(false), expect(data, pos, b"false")?),
+            b'-' | b'0'..=b'9' => scan_integer(data, pos)?,
+            _ => return None,
+        };
+        if entries.iter().any(|(key, _)| key == name) {
+            return None;
+        }
+        entries.push((Cow::Borrowed(name), value));
+        pos = skip_ws(data, next);
+        match *data.get(pos)? {
+            b',' => pos = skip_ws(data, pos + 1),
+            b'}' => return Some((Headers { entries }, pos + 1)),
+            _ => return None,
+        }
+    }
+}
+
+/// A string without escapes or control characters at `pos` (its opening
+/// quote), and the position after its closing quote.
+fn scan_string(data: &[u8], pos: usize) -> Option<(&str, usize)> {
+    let start = expect(data, pos, b"\"")?;
+    let len = data[start..]
+        .iter()
+        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
+    let end = start + len;
+    if data[end] != b'"' {
+        return None;
+    }
+    let text = std::str::from_utf8(&data[start..end]).ok()?;
+    Some((text, end + 1))
+}
+
+/// A JSON integer at `pos` that fits 64 bits, read as serde_json reads it.
+fn scan_integer(data: &[u8], pos: usize) -> Option<(HeaderValue<'_>, usize)> {
+    let digits_from = pos + usize::from(data[pos] == b'-');
+    let digits = data[digits_from..]
+        .iter()
+        .take_while(|b| b.is_ascii_digit())
+        .count();
+    let end = digits_from + digits;
+    let leading_zero = digits > 1 && data[digits_from] == b'0';
+    let negative_zero = data[pos] == b'-' && digits == 1 && data[digits_from] == b'0';
+    if digits == 0
+        || leading_zero
+        || negative_zero
+        || matches!(data.get(end), Some(b'.' | b'e' | b'E'))
+    {
+        return None;
+    }
+    let text = std::str::from_utf8(&data[pos..end]).ok()?;
+    let number = if data[pos] == b'-' {
+        text.parse::<i64>().ok()? as f64
+    } else {
+        text.parse::<u64>().ok()? as f64
+    };
+    Some((HeaderValue::Num(number), end))
 }
 
 /// Position of the object's closing brace (the last non-space byte).
@@ -531,5 +619,72 @@ mod tests {
             }
             prop_assert_eq!(envelope.payload, Some(payload.as_bytes()));
         }
+
+        /// The header scanner agrees with serde_json wherever it answers,
+        /// and answers for the usual headers (plain strings, integers,
+        /// booleans), so routing takes the fast way.
+        #[test]
+        fn header_scanner_agrees_with_serde_json(
+            headers in proptest::collection::vec(
+                (
+                    "[a-z_\"\\\\\u{e9}\n]{1,8}",
+                    prop_oneof![
+                        "[ -~\u{e9}\u{1F600}]{0,12}".prop_map(serde_json::Value::from),
+                        any::<i64>().prop_map(serde_json::Value::from),
+                        any::<u64>().prop_map(serde_json::Value::from),
+                        (-1e6f64..1e6).prop_map(serde_json::Value::from),
+                        any::<bool>().prop_map(serde_json::Value::from),
+                        Just(serde_json::json!(null)),
+                        Just(serde_json::json!({"nested": 1})),
+                    ],
+                ),
+                0..8,
+            ),
+            spaced in any::<bool>(),
+        ) {
+            let members: Vec<String> = headers
+                .iter()
+                .map(|(k, v)| format!("{}:{}", serde_json::to_string(k).unwrap(), v))
+                .collect();
+            let separator = if spaced { " ,\n " } else { "," };
+            let text = format!("{{{}}}", members.join(separator));
+            let scanned = scan_headers(text.as_bytes(), 0);
+            let parsed = serde_json::from_str::<Headers>(&text);
+            if let Some((headers, end)) = &scanned {
+                prop_assert_eq!(Some(headers), parsed.as_ref().ok());
+                prop_assert_eq!(*end, text.len());
+            }
+            let plain = headers.iter().all(|(k, v)| {
+                let plain_text = |t: &str| !t.contains(['"', '\\', '\n']);
+                plain_text(k)
+                    && match v {
+                        serde_json::Value::String(t) => plain_text(t),
+                        serde_json::Value::Number(n) => !n.is_f64(),
+                        serde_json::Value::Bool(_) => true,
+                        _ => false,
+                    }
+            });
+            let unique = headers.iter().map(|(k, _)| k).collect::<std::collections::HashSet<_>>().len() == headers.len();
+            if plain && unique {
+                prop_assert!(scanned.is_some(), "{} was not scanned", text);
+            }
+        }
+    }
+
+    #[test]
+    fn header_scanner_leaves_unusual_numbers_to_serde_json() {
+        for text in [
+            r#"{"a":-0}"#,
+            r#"{"a":1.5}"#,
+            r#"{"a":1e3}"#,
+            r#"{"a":01}"#,
+            r#"{"a":18446744073709551616}"#,
+        ] {
+            assert!(scan_headers(text.as_bytes(), 0).is_none(), "{text}");
+        }
+        let (headers, _) = scan_headers(br#"{ "a" : -12 , "b":true,"c":"x"}"#, 0).unwrap();
+        assert_eq!(headers.get("a"), Some(&HeaderValue::Num(-12.0)));
+        assert_eq!(headers.get("b"), Some(&HeaderValue::Bool(true)));
+        assert_eq!(headers.get("c"), Some(&HeaderValue::Str("x".into())));
     }
 }

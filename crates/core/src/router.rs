@@ -16,7 +16,7 @@ use crate::aggregate::{self, AggregateError};
 use crate::envelope::{decode_headers, EnvelopeError};
 use crate::limits::MAX_RECORD_BYTES;
 use crate::rules::{Decision, RuleSet};
-use crate::stream::{PutRecord, Record};
+use crate::stream::{PartitionKey, PutRecord, Record};
 
 /// How much of a record a dead-letter entry keeps.
 pub const DEAD_LETTER_KEEP_BYTES: usize = 256 * 1024;
@@ -114,7 +114,7 @@ pub struct Unit<'a> {
     pub source: u32,
     /// Position inside the aggregate, for an aggregated user record.
     pub sub_sequence: Option<u32>,
-    pub partition_key: Cow<'a, str>,
+    pub partition_key: PartitionKey,
     pub data: Cow<'a, Bytes>,
 }
 
@@ -134,7 +134,7 @@ pub fn units(records: &[Record]) -> (Vec<Unit<'_>>, Vec<(usize, AggregateError)>
                 record,
                 source: index as u32,
                 sub_sequence: None,
-                partition_key: Cow::Borrowed(&record.partition_key),
+                partition_key: record.partition_key.clone(),
                 data: Cow::Borrowed(&record.data),
             }),
             Ok(Some(inside)) => {
@@ -142,7 +142,7 @@ pub fn units(records: &[Record]) -> (Vec<Unit<'_>>, Vec<(usize, AggregateError)>
                     record,
                     source: index as u32,
                     sub_sequence: Some(sub as u32),
-                    partition_key: Cow::Owned(user.partition_key),
+                    partition_key: user.partition_key,
                     data: Cow::Owned(user.data),
                 }))
             }
@@ -221,7 +221,7 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
             record,
             source: index as u32,
             sub_sequence: None,
-            partition_key: Cow::Borrowed(&record.partition_key),
+            partition_key: record.partition_key.clone(),
             data: Cow::Borrowed(&record.data),
         };
         batch.outputs[dead_letter_stream].push(dead_letter(options, &unit, &reason));
@@ -233,7 +233,7 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
             Ok(stream) => (
                 stream as usize,
                 PutRecord {
-                    partition_key: unit.partition_key.clone().into_owned(),
+                    partition_key: unit.partition_key.clone(),
                     explicit_hash_key: None,
                     data: unit.data.clone().into_owned(),
                 },
@@ -274,7 +274,7 @@ pub fn dead_letter(
     let data =
         crate::envelope::encode(headers.iter().map(|(k, v)| (k.as_str(), v)), Some(&payload));
     PutRecord {
-        partition_key: unit.partition_key.clone().into_owned(),
+        partition_key: unit.partition_key.clone(),
         explicit_hash_key: None,
         data: Bytes::from(data),
     }

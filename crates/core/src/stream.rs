@@ -2,23 +2,118 @@
 //! shards over hash-key ranges, PutRecords with a result per record, shard
 //! iterators, and split/merge with parent/child lineage.
 
+use std::borrow::Borrow;
+use std::fmt;
+use std::ops::Deref;
+use std::sync::Arc;
+
 use async_trait::async_trait;
 use bytes::Bytes;
 
 use crate::retry::Retryable;
 use crate::sequence::SequenceNumber;
 
+/// A partition key, shared: a record's key is copied once when it is read,
+/// however many outputs, calls and retries carry it afterwards.
+#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PartitionKey(Arc<str>);
+
+impl PartitionKey {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Deref for PartitionKey {
+    type Target = str;
+    fn deref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl AsRef<str> for PartitionKey {
+    fn as_ref(&self) -> &str {
+        &self.0
+    }
+}
+
+impl Borrow<str> for PartitionKey {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
+impl From<&str> for PartitionKey {
+    fn from(key: &str) -> Self {
+        Self(Arc::from(key))
+    }
+}
+
+impl From<String> for PartitionKey {
+    fn from(key: String) -> Self {
+        Self(Arc::from(key))
+    }
+}
+
+impl From<&String> for PartitionKey {
+    fn from(key: &String) -> Self {
+        Self(Arc::from(key.as_str()))
+    }
+}
+
+impl PartialEq<str> for PartitionKey {
+    fn eq(&self, other: &str) -> bool {
+        *self.0 == *other
+    }
+}
+
+impl PartialEq<&str> for PartitionKey {
+    fn eq(&self, other: &&str) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl PartialEq<String> for PartitionKey {
+    fn eq(&self, other: &String) -> bool {
+        *self.0 == **other
+    }
+}
+
+impl fmt::Debug for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(&*self.0, f)
+    }
+}
+
+impl serde::Serialize for PartitionKey {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(&self.0)
+    }
+}
+
+impl<'de> serde::Deserialize<'de> for PartitionKey {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        <std::borrow::Cow<'de, str>>::deserialize(deserializer).map(|key| Self(Arc::from(key)))
+    }
+}
+
+impl fmt::Display for PartitionKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
 /// One record to put.
 #[derive(Clone, Debug, PartialEq)]
 pub struct PutRecord {
-    pub partition_key: String,
+    pub partition_key: PartitionKey,
     /// Overrides the MD5 of the partition key when set.
     pub explicit_hash_key: Option<u128>,
     pub data: Bytes,
 }
 
 impl PutRecord {
-    pub fn new(partition_key: impl Into<String>, data: impl Into<Bytes>) -> Self {
+    pub fn new(partition_key: impl Into<PartitionKey>, data: impl Into<Bytes>) -> Self {
         Self {
             partition_key: partition_key.into(),
             explicit_hash_key: None,
@@ -101,7 +196,7 @@ pub enum StartPosition {
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
     pub sequence_number: SequenceNumber,
-    pub partition_key: String,
+    pub partition_key: PartitionKey,
     pub data: Bytes,
     /// Milliseconds since the Unix epoch when the stream accepted it.
     pub arrival_ms: i64,

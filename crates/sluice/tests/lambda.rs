@@ -157,7 +157,7 @@ async fn read_all(streams: &Arc<dyn StreamBackend>, stream: &str) -> Vec<(String
     conformance::stream::read_all(streams, stream)
         .await
         .into_iter()
-        .map(|(_, key, data)| (key, data))
+        .map(|(_, key, data)| (key.to_string(), data))
         .collect()
 }
 

@@ -49,7 +49,10 @@ async fn read_stream(streams: &Arc<dyn StreamBackend>, name: &str) -> Vec<Vec<(S
             let empty = out.records.is_empty();
             for r in out.records {
                 let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
-                records.push((r.partition_key, v["headers"]["n"].as_u64().unwrap() as u32));
+                records.push((
+                    r.partition_key.to_string(),
+                    v["headers"]["n"].as_u64().unwrap() as u32,
+                ));
             }
             match out.next_iterator {
                 Some(next) if !empty => it = next,
@@ -239,7 +242,7 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
         for r in streams.get_records(&it, 100).await.unwrap().records {
             let v: serde_json::Value = serde_json::from_slice(&r.data).unwrap();
             reasons.push((
-                r.partition_key,
+                r.partition_key.to_string(),
                 v["headers"]["reason"].as_str().unwrap().to_owned(),
             ));
         }

@@ -265,7 +265,7 @@ impl StreamBackend for AwsStreams {
             .map(|r| {
                 PutRecordsRequestEntry::builder()
                     .data(Blob::new(r.data.to_vec()))
-                    .partition_key(&r.partition_key)
+                    .partition_key(r.partition_key.as_str())
                     .set_explicit_hash_key(r.explicit_hash_key.map(|h| h.to_string()))
                     .build()
                     .map_err(|e| StreamError::InvalidArgument(e.to_string()))
@@ -368,7 +368,7 @@ impl StreamBackend for AwsStreams {
             .map(|r| {
                 Ok(Record {
                     sequence_number: sequence(Some(r.sequence_number()))?,
-                    partition_key: r.partition_key().unwrap_or_default().to_owned(),
+                    partition_key: r.partition_key().unwrap_or_default().into(),
                     data: Bytes::copy_from_slice(r.data().as_ref()),
                     arrival_ms: r
                         .approximate_arrival_timestamp()

@@ -7,7 +7,9 @@ use std::time::Duration;
 use bytes::Bytes;
 
 use sluice_core::hash::partition_hash;
-use sluice_core::stream::{PutRecord, PutResult, Record, Shard, StartPosition, StreamError};
+use sluice_core::stream::{
+    PartitionKey, PutRecord, PutResult, Record, Shard, StartPosition, StreamError,
+};
 use sluice_core::{SequenceNumber, StreamBackend};
 
 type Backend = Arc<dyn StreamBackend>;
@@ -87,7 +89,7 @@ pub async fn read_shard(
 
 /// Every user record of a stream from its beginning, shard by shard, KPL
 /// aggregates opened: the shard it is in, its partition key and its data.
-pub async fn read_all(backend: &Backend, name: &str) -> Vec<(Shard, String, Bytes)> {
+pub async fn read_all(backend: &Backend, name: &str) -> Vec<(Shard, PartitionKey, Bytes)> {
     let mut out = Vec::new();
     for shard in backend.list_shards(name).await.expect("list shards") {
         let (records, _) =

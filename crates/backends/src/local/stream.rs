@@ -774,7 +774,7 @@ impl LocalStream {
             }
             records.push(Record {
                 sequence_number: SequenceNumber::from_u64(body.seq),
-                partition_key: String::from_utf8_lossy(body.key).into_owned(),
+                partition_key: String::from_utf8_lossy(body.key).into_owned().into(),
                 data: Bytes::copy_from_slice(body.data),
                 arrival_ms: body.arrival_ms,
             });

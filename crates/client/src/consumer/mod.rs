@@ -25,6 +25,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 
 use sluice_core::retry::Backoff;
+use sluice_core::stream::PartitionKey;
 use sluice_core::SequenceNumber;
 
 pub use dedup::Dedup;
@@ -97,7 +98,7 @@ pub struct UserRecord {
     pub sequence_number: SequenceNumber,
     /// Position inside an aggregate; `None` for a plain record.
     pub sub_sequence: Option<u64>,
-    pub partition_key: String,
+    pub partition_key: PartitionKey,
     pub data: Bytes,
     /// Milliseconds since the Unix epoch when the stream accepted it.
     pub arrival_ms: i64,

@@ -38,7 +38,7 @@ impl RecordProcessor for Recorder {
             let mut seen = self.seen.records.lock().unwrap();
             for r in &batch.records {
                 let value: u64 = std::str::from_utf8(&r.data).unwrap().parse().unwrap();
-                seen.push((r.partition_key.clone(), value, self.worker.clone()));
+                seen.push((r.partition_key.to_string(), value, self.worker.clone()));
             }
         }
         checkpointer

@@ -11,10 +11,12 @@
 //! shard, so calls stay full without waiting.
 
 use std::collections::{HashSet, VecDeque};
+use std::hash::{BuildHasherDefault, Hasher};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use smallvec::{smallvec, SmallVec};
 use tokio::sync::{oneshot, Notify};
 use tokio::task::JoinHandle;
 use tokio::time::Instant;
@@ -95,7 +97,12 @@ type Outcomes = Vec<Result<(), ProduceError>>;
 
 /// Completion of one `send`: resolves once every record is resolved, with
 /// each record's outcome.
+/// One `send_each`: its records' outcomes, and what they share.
 struct Completion {
+    /// When the records were handed over.
+    since: Instant,
+    /// Given up when not stored by then.
+    deadline: Instant,
     remaining: AtomicUsize,
     outcomes: Mutex<Outcomes>,
     done: Mutex<Option<oneshot::Sender<Outcomes>>>,
@@ -126,9 +133,6 @@ struct Pending {
     /// Position in its `send`.
     index: u32,
     completion: Arc<Completion>,
-    since: Instant,
-    /// Given up when not stored by then.
-    deadline: Instant,
 }
 
 impl Pending {
@@ -255,11 +259,12 @@ impl Producer {
         let count = records.len();
         let (done, finished) = oneshot::channel();
         let completion = Arc::new(Completion {
+            since: Instant::now(),
+            deadline,
             remaining: AtomicUsize::new(count),
             outcomes: Mutex::new(vec![Ok(()); count]),
             done: Mutex::new(Some(done)),
         });
-        let since = Instant::now();
         {
             let mut lanes = self.inner.lanes.lock().expect("lanes lock");
             for (index, record) in records.into_iter().enumerate() {
@@ -273,8 +278,6 @@ impl Producer {
                     lane,
                     index: index as u32,
                     completion: completion.clone(),
-                    since,
-                    deadline,
                 });
             }
         }
@@ -299,14 +302,15 @@ impl Producer {
 /// a KPL aggregate that succeeds or fails as one.
 struct Entry {
     record: PutRecord,
-    members: Vec<Pending>,
+    /// Held inline when alone, the usual case without aggregation.
+    members: SmallVec<[Pending; 1]>,
 }
 
 /// The entries of the next call, within the call's limits.
 struct CallBuilder {
     entries: Vec<Entry>,
     /// Partition keys in the call: a key appears in one entry at most.
-    keys: HashSet<u64>,
+    keys: HashSet<u64, BuildHasherDefault<KeyHasher>>,
     bytes: usize,
     max_entries: usize,
     max_bytes: usize,
@@ -329,6 +333,26 @@ impl CallBuilder {
             self.keys.insert(member.key);
         }
         self.entries.push(entry);
+    }
+}
+
+/// Hashes a [`Pending::key`] to itself: it is already 64 bits of an MD5.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
     }
 }
 
@@ -383,7 +407,10 @@ impl Packing {
             }
         };
         members.shrink_to_fit();
-        Some(Entry { record, members })
+        Some(Entry {
+            record,
+            members: SmallVec::from_vec(members),
+        })
     }
 }
 
@@ -408,7 +435,7 @@ fn take_from_lane(
     let mut skips_left = MAX_RECORDS_PER_PUT * 4;
     let mut packing = Packing::default();
     while let Some(pending) = queue.pop_front() {
-        if pending.deadline <= now {
+        if pending.completion.deadline <= now {
             expired.push(pending);
             continue;
         }
@@ -442,7 +469,7 @@ fn take_from_lane(
         } else {
             call.push(Entry {
                 record: pending.record.clone(),
-                members: vec![pending],
+                members: smallvec![pending],
             });
         }
     }
@@ -480,7 +507,11 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
             }
             _ => {
                 waiting += lane.queue.len();
-                let since = lane.queue.front().map(|p| p.since).expect("non-empty");
+                let since = lane
+                    .queue
+                    .front()
+                    .map(|p| p.completion.since)
+                    .expect("non-empty");
                 oldest = Some(oldest.map_or(since, |o| o.min(since)));
             }
         }
@@ -501,8 +532,8 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
     }
     let count = state.lanes.len();
     let mut call = CallBuilder {
-        entries: Vec::new(),
-        keys: HashSet::new(),
+        entries: Vec::with_capacity(waiting.min(inner.config.max_batch_records)),
+        keys: HashSet::default(),
         bytes: 0,
         max_entries: inner.config.max_batch_records,
         max_bytes: inner.config.max_batch_bytes,
@@ -657,7 +688,7 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
             let deadline = retry
                 .iter()
                 .filter(|p| p.lane == index)
-                .map(|p| p.deadline)
+                .map(|p| p.completion.deadline)
                 .min()
                 .unwrap_or(now);
             lane.ready_at = Some((now + inner.config.backoff.delay(lane.attempt)).min(deadline));
@@ -678,7 +709,7 @@ fn retry_or_fail(
     retryable: bool,
     retry: &mut Vec<Pending>,
 ) {
-    if retryable && Instant::now() < pending.deadline {
+    if retryable && Instant::now() < pending.completion.deadline {
         retry.push(pending);
     } else if retryable {
         give_up(inner, pending, reason);
@@ -695,7 +726,7 @@ fn give_up(inner: &Inner, pending: Pending, reason: &dyn std::fmt::Debug) {
     inner.given_up.inc();
     let error = ProduceError::GaveUp {
         stream: inner.stream.clone(),
-        waited_ms: pending.since.elapsed().as_millis() as u64,
+        waited_ms: pending.completion.since.elapsed().as_millis() as u64,
         last: format!("{reason:?}"),
     };
     pending.resolve(Err(error));

@@ -66,7 +66,7 @@ impl StreamBackend for Recording {
                 .map(|r| {
                     user_records(r)
                         .into_iter()
-                        .map(|u| u.partition_key)
+                        .map(|u| u.partition_key.to_string())
                         .collect()
                 })
                 .collect(),
@@ -372,7 +372,7 @@ async fn send_each_reports_every_record_and_gives_up_at_the_deadline() {
     let stored: Vec<String> = read_everything(&local, "s")
         .await
         .into_iter()
-        .map(|r| r.partition_key)
+        .map(|r| r.partition_key.to_string())
         .collect();
     assert_eq!(stored.len(), 3, "{stored:?}");
     assert!(stored.iter().all(|k| k.starts_with("ok")));

@@ -42,7 +42,7 @@ pub fn records(size: usize, limit: usize) -> Vec<Record> {
             );
             Record {
                 sequence_number: SequenceNumber::from_u64(i as u64 + 1),
-                partition_key: event["partition_key"].as_str().unwrap().to_owned(),
+                partition_key: event["partition_key"].as_str().unwrap().into(),
                 data: Bytes::from(data),
                 arrival_ms: 0,
             }

@@ -23,7 +23,7 @@ fn expected_records(case: &Value) -> Vec<UserRecord> {
         .unwrap()
         .iter()
         .map(|r| UserRecord {
-            partition_key: r["partition_key"].as_str().unwrap().to_owned(),
+            partition_key: r["partition_key"].as_str().unwrap().into(),
             explicit_hash_key: r["explicit_hash_key"].as_str().map(str::to_owned),
             data: b64(&r["data"]),
         })
@@ -150,7 +150,7 @@ fn user_records() -> impl Strategy<Value = Vec<UserRecord>> {
             prop::collection::vec(any::<u8>(), 0..300),
         )
             .prop_map(|(partition_key, explicit_hash_key, data)| UserRecord {
-                partition_key,
+                partition_key: partition_key.into(),
                 explicit_hash_key,
                 data: Bytes::from(data),
             }),

@@ -13,9 +13,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
-use serde_json::value::RawValue;
 use sluice::config::BackendConfig;
-use sluice::lambda::{config_from_env, KinesisInput, LambdaRouter};
+use sluice::lambda::{config_from_env, KinesisBatch, LambdaRouter};
 use sluice_backends::aws::AwsSettings;
 use sluice_telemetry::LogFormat;
 
@@ -60,14 +59,14 @@ async fn main() -> ExitCode {
     let streams = sluice::server::with_faults(Arc::new(streams), &config);
     let router = Arc::new(LambdaRouter::new(&config, streams, margin));
     tracing::info!(outputs = ?config.rules().streams(), "router ready");
-    // The event text is kept whole and read in place: records borrow from it.
-    let handler = service_fn(move |event: LambdaEvent<Box<RawValue>>| {
+    // The event is read in one pass, its data decoded on the way (see
+    // sluice::lambda::KinesisBatch); an event that is not a Kinesis event
+    // fails the invocation with the reason.
+    let handler = service_fn(move |event: LambdaEvent<KinesisBatch>| {
         let (router, telemetry) = (router.clone(), telemetry.clone());
         async move {
             let deadline = router.delivery_deadline(event.context.deadline);
-            let input: KinesisInput = serde_json::from_str(event.payload.get())
-                .map_err(|e| format!("not a Kinesis event: {e}"))?;
-            let response = router.handle(input, deadline).await;
+            let response = router.handle(event.payload, deadline).await;
             // Metrics leave before the answer: the sandbox may freeze after it.
             if telemetry.enabled() {
                 let telemetry = telemetry.clone();

@@ -10,7 +10,10 @@
 //! an envelope, or that cannot be decoded at all, goes to dead-letter and
 //! never fails the batch.
 
+mod event;
 pub mod runtime_api;
+
+pub use event::{InputRecord, KinesisBatch};
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -18,8 +21,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use aws_lambda_events::event::streams::{KinesisBatchItemFailure, KinesisEventResponse};
-use bytes::Bytes;
-use serde::Deserialize;
 use tokio::sync::OnceCell;
 use tokio::time::Instant;
 
@@ -31,38 +32,6 @@ use sluice_core::{SequenceNumber, StreamBackend};
 
 use crate::config::{Config, OutputConfig};
 use crate::router::count_batch;
-
-/// The Kinesis event as Lambda delivers it. Read leniently on purpose: a
-/// record with bad base64 or missing fields must reach dead-letter on its
-/// own, not fail the decoding of its whole batch (which Lambda would retry
-/// forever, stalling the shard).
-/// Strings are borrowed from the event text where they hold no escapes (the
-/// base64 data never does), so reading a batch copies no record.
-#[derive(Debug, Default, Deserialize)]
-pub struct KinesisInput<'a> {
-    #[serde(rename = "Records", default, borrow)]
-    pub records: Vec<InputRecord<'a>>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-pub struct InputRecord<'a> {
-    #[serde(default, borrow)]
-    pub kinesis: InputKinesis<'a>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct InputKinesis<'a> {
-    #[serde(default, borrow)]
-    pub partition_key: Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub sequence_number: Cow<'a, str>,
-    #[serde(default, borrow)]
-    pub data: Cow<'a, str>,
-    /// Seconds since the Unix epoch.
-    #[serde(default)]
-    pub approximate_arrival_timestamp: Option<f64>,
-}
 
 /// Where the function's configuration comes from: inline TOML in
 /// `SLUICE_RULES`, or the file named by `SLUICE_CONFIG` (bundled with the
@@ -155,7 +124,7 @@ impl LambdaRouter {
     }
 
     /// Routes and delivers one batch; the answer for Lambda.
-    pub async fn handle(&self, input: KinesisInput<'_>, deadline: Instant) -> KinesisEventResponse {
+    pub async fn handle(&self, input: KinesisBatch, deadline: Instant) -> KinesisEventResponse {
         let (summary, first_failed) = self.route(&input, deadline).await;
         tracing::info!(
             records = summary.records,
@@ -177,7 +146,7 @@ impl LambdaRouter {
     /// Lambda must retry from, if any.
     pub async fn route(
         &self,
-        input: &KinesisInput<'_>,
+        input: &KinesisBatch,
         deadline: Instant,
     ) -> (Summary, Option<String>) {
         let dead_letter_stream = self.rules.dead_letter_stream();
@@ -185,9 +154,8 @@ impl LambdaRouter {
         // Input position of each record in `records`.
         let mut positions = Vec::with_capacity(input.records.len());
         let mut undecodable = Vec::new();
-        let arena = decode_data(&input.records);
         for (position, entry) in input.records.iter().enumerate() {
-            match decode_record(&entry.kinesis, &arena[position]) {
+            match decode_record(entry) {
                 Ok(record) => {
                     records.push(record);
                     positions.push(position as u32);
@@ -202,23 +170,23 @@ impl LambdaRouter {
             }
         }
         for (position, reason) in undecodable {
-            let raw = &input.records[position as usize].kinesis;
+            let raw = &input.records[position as usize];
             let record = Record {
                 sequence_number: SequenceNumber::parse(&raw.sequence_number)
                     .unwrap_or_else(|| SequenceNumber::from_u64(0)),
                 partition_key: if raw.partition_key.is_empty() {
                     "undecodable".into()
                 } else {
-                    raw.partition_key.to_string()
+                    raw.partition_key.clone()
                 },
-                data: Bytes::copy_from_slice(raw.data.as_bytes()),
+                data: raw.data.clone().unwrap_or_default(),
                 arrival_ms: 0,
             };
             let unit = Unit {
                 record: &record,
                 source: position,
                 sub_sequence: None,
-                partition_key: Cow::Borrowed(&record.partition_key),
+                partition_key: record.partition_key.clone(),
                 data: Cow::Borrowed(&record.data),
             };
             let reason = DeadLetterReason::BadRecord(reason);
@@ -251,7 +219,7 @@ impl LambdaRouter {
         }
         let retry_from = summary
             .first_failed
-            .map(|i| input.records[i].kinesis.sequence_number.to_string());
+            .map(|i| input.records[i].sequence_number.clone());
         (summary, retry_from)
     }
 
@@ -284,60 +252,22 @@ impl LambdaRouter {
     }
 }
 
-/// Every record's data, base64-decoded into one shared buffer: the records
-/// are slices of it, so the batch costs one allocation, not one per record.
-/// The decoder uses the CPU's vector instructions (AVX2, NEON) when present:
-/// base64 is a large part of a small record's cost.
-fn decode_data(records: &[InputRecord<'_>]) -> Vec<Result<Bytes, String>> {
-    let engine = &base64_simd::STANDARD;
-    let capacity = records
-        .iter()
-        .map(|r| engine.estimated_decoded_length(r.kinesis.data.len()))
-        .sum();
-    let mut arena = vec![0u8; capacity];
-    let mut used = 0;
-    let mut ranges = Vec::with_capacity(records.len());
-    for record in records {
-        let room = engine.estimated_decoded_length(record.kinesis.data.len());
-        let out = base64_simd::Out::from_slice(&mut arena[used..used + room]);
-        ranges.push(match engine.decode(record.kinesis.data.as_bytes(), out) {
-            Ok(decoded) => {
-                let range = used..used + decoded.len();
-                used += decoded.len();
-                Ok(range)
-            }
-            Err(_) => Err("data is not base64".to_owned()),
-        });
-    }
-    arena.truncate(used);
-    let arena = Bytes::from(arena);
-    ranges
-        .into_iter()
-        .map(|range| range.map(|r| arena.slice(r)))
-        .collect()
-}
-
 /// A Lambda Kinesis record as a stream record, or what is wrong with it.
-fn decode_record(
-    kinesis: &InputKinesis<'_>,
-    data: &Result<Bytes, String>,
-) -> Result<Record, String> {
-    let sequence_number = SequenceNumber::parse(&kinesis.sequence_number).ok_or_else(|| {
+fn decode_record(input: &InputRecord) -> Result<Record, String> {
+    let sequence_number = SequenceNumber::parse(&input.sequence_number).ok_or_else(|| {
         format!(
             "sequence number {:?} is not a decimal number",
-            kinesis.sequence_number
+            input.sequence_number
         )
     })?;
-    let data = data.clone()?;
-    if kinesis.partition_key.is_empty() {
+    let data = input.data.clone()?;
+    if input.partition_key.is_empty() {
         return Err("no partition key".into());
     }
     Ok(Record {
         sequence_number,
-        partition_key: kinesis.partition_key.to_string(),
+        partition_key: input.partition_key.clone(),
         data,
-        arrival_ms: kinesis
-            .approximate_arrival_timestamp
-            .map_or(0, |s| (s * 1000.0) as i64),
+        arrival_ms: input.arrival_ms,
     })
 }
