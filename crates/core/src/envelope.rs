@@ -320,15 +320,42 @@ fn scan_headers(data: &[u8], pos: usize) -> Option<(Headers<'_>, usize)> {
 /// quote), and the position after its closing quote.
 fn scan_string(data: &[u8], pos: usize) -> Option<(&str, usize)> {
     let start = expect(data, pos, b"\"")?;
-    let len = data[start..]
-        .iter()
-        .position(|&b| b == b'"' || b == b'\\' || b < 0x20)?;
-    let end = start + len;
-    if data[end] != b'"' {
-        return None;
+    let mut end = start;
+    // Eight bytes at a time while they are plain ASCII: no quote, backslash,
+    // control character or byte of a multi-byte character.
+    while let Some(chunk) = data.get(end..end + 8) {
+        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
+        if has_zero_byte(word ^ splat(b'"'))
+            || has_zero_byte(word ^ splat(b'\\'))
+            || has_byte_below(word, 0x20)
+            || word & splat(0x80) != 0
+        {
+            break;
+        }
+        end += 8;
+    }
+    loop {
+        match *data.get(end)? {
+            b'"' => break,
+            b'\\' | 0..=0x1f => return None,
+            _ => end += 1,
+        }
     }
     let text = std::str::from_utf8(&data[start..end]).ok()?;
     Some((text, end + 1))
+}
+
+const fn splat(byte: u8) -> u64 {
+    u64::from_ne_bytes([byte; 8])
+}
+
+fn has_zero_byte(word: u64) -> bool {
+    word.wrapping_sub(splat(0x01)) & !word & splat(0x80) != 0
+}
+
+/// Whether any byte of `word` is below `limit` (at most 0x80).
+fn has_byte_below(word: u64, limit: u8) -> bool {
+    word.wrapping_sub(splat(limit)) & !word & splat(0x80) != 0
 }
 
 /// A JSON integer at `pos` that fits 64 bits, read as serde_json reads it.

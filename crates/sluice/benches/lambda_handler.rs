@@ -86,7 +86,8 @@ impl StreamBackend for Acknowledging {
     }
 }
 
-/// The event JSON Lambda would deliver for `count` sample records.
+/// The event JSON Lambda would deliver for `count` sample records, every
+/// field of a real Kinesis event included.
 fn event(count: usize, size: usize) -> Vec<u8> {
     let records: Vec<serde_json::Value> = sample::records(size, count)
         .into_iter()
@@ -94,7 +95,12 @@ fn event(count: usize, size: usize) -> Vec<u8> {
         .map(|(i, r)| {
             serde_json::json!({
                 "eventSource": "aws:kinesis",
-                "eventID": format!("shardId-000000000000:{i}"),
+                "eventVersion": "1.0",
+                "eventID": format!("shardId-000000000000:4959{i:052}"),
+                "eventName": "aws:kinesis:record",
+                "invokeIdentityArn": "arn:aws:iam::123456789012:role/sluice-router",
+                "awsRegion": "eu-west-1",
+                "eventSourceARN": "arn:aws:kinesis:eu-west-1:123456789012:stream/sluice-inbound",
                 "kinesis": {
                     "kinesisSchemaVersion": "1.0",
                     "partitionKey": r.partition_key,
