@@ -294,17 +294,21 @@ pub fn http_routes(
     tokens: Tokens,
     max_body_bytes: usize,
 ) -> Router {
+    let authenticated = middleware::from_fn_with_state(tokens, require_token);
+    // Measured outermost, so refused writers count too.
     let collector_routes = Router::new()
         .route("/v1/events", post(post_events))
         .layer(DefaultBodyLimit::max(max_body_bytes))
+        .route_layer(authenticated.clone())
+        .route_layer(middleware::from_fn(crate::collector::measure))
         .with_state(collector);
     let api_routes = Router::new()
         .route("/v1/streams", get(crate::api::list_streams))
         .route("/v1/streams/{name}/records", get(crate::api::read_records))
+        .route_layer(authenticated)
         .with_state(streams);
     collector_routes
         .merge(api_routes)
-        .route_layer(middleware::from_fn_with_state(tokens, require_token))
         .route(
             "/metrics",
             get(|| async { sluice_telemetry::registry::render_prometheus() }),

@@ -1458,6 +1458,72 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
         .collect();
     assert_eq!(accepted, [5.0], "{text}");
     assert!(text.contains("# TYPE sluice_collector_events_accepted_total counter"));
+
+    // Latencies: histograms in both, delta in OTLP. One request was made,
+    // and at least one PutRecords call on the inbound stream.
+    wait_for(
+        Duration::from_secs(30),
+        "the request and PutRecords histograms in OTLP",
+        || {
+            let requests = received.lock().unwrap().clone();
+            async move {
+                let count = |name: &str, label: Option<(&str, &str)>| -> Result<u64, String> {
+                    let mut total = 0;
+                    for metric in requests
+                        .iter()
+                        .flat_map(|r| &r.resource_metrics)
+                        .flat_map(|r| &r.scope_metrics)
+                        .flat_map(|s| &s.metrics)
+                        .filter(|m| m.name == name)
+                    {
+                        let Some(Data::Histogram(histogram)) = &metric.data else {
+                            return Err(format!("not a histogram: {metric:?}"));
+                        };
+                        if histogram.aggregation_temporality != AggregationTemporality::Delta as i32
+                        {
+                            return Err(format!("not delta: {histogram:?}"));
+                        }
+                        for point in &histogram.data_points {
+                            let labelled = label.is_none_or(|(key, value)| {
+                                point.attributes.iter().any(|a| {
+                                    a.key == key
+                                        && format!("{:?}", a.value).contains(&format!("{value:?}"))
+                                })
+                            });
+                            if labelled {
+                                assert_eq!(point.bucket_counts.iter().sum::<u64>(), point.count);
+                                total += point.count;
+                            }
+                        }
+                    }
+                    Ok(total)
+                };
+                let requests_timed = count("sluice_collector_request_duration_seconds", None)?;
+                let calls_timed = count(
+                    "sluice_put_records_duration_seconds",
+                    Some(("stream", "inbound")),
+                )?;
+                if requests_timed == 1 && calls_timed >= 1 {
+                    Ok(())
+                } else {
+                    Err(format!(
+                        "{requests_timed} requests and {calls_timed} calls timed"
+                    ))
+                }
+            }
+        },
+    )
+    .await;
+    let text = metrics_text(&sluice.url).await;
+    for line in [
+        "# TYPE sluice_collector_request_duration_seconds histogram",
+        "sluice_collector_request_duration_seconds_count 1",
+        "sluice_collector_request_duration_seconds_bucket{le=\"+Inf\"} 1",
+        "sluice_collector_requests_total{status=\"202\"} 1",
+        "# TYPE sluice_put_records_duration_seconds histogram",
+    ] {
+        assert!(text.contains(line), "{line} missing from\n{text}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -11,7 +11,7 @@ pub mod registry;
 pub mod trace;
 
 pub use otlp::Telemetry;
-pub use registry::{Counter, Gauge};
+pub use registry::{Counter, Gauge, Histogram};
 
 use tracing_subscriber::EnvFilter;
 

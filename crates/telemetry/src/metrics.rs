@@ -46,12 +46,18 @@ metrics! {
     Counter COLLECTOR_EVENTS_REJECTED
         "sluice_collector_events_rejected_total"
         "Events rejected, by reason.";
+    Histogram COLLECTOR_REQUEST_DURATION
+        "sluice_collector_request_duration_seconds"
+        "Time from a request's arrival at the collector to its answer.";
     Gauge COLLECTOR_QUEUE_DEPTH
         "sluice_collector_queue_depth"
         "Events accepted by the collector and waiting for the stream.";
     Counter PUT_CALLS
         "sluice_put_records_calls_total"
         "PutRecords calls, by stream.";
+    Histogram PUT_DURATION
+        "sluice_put_records_duration_seconds"
+        "Time a PutRecords call took, by stream.";
     Counter PUT_RECORDS
         "sluice_put_records_records_total"
         "Records acknowledged by PutRecords, by stream.";

@@ -2,10 +2,12 @@
 //! delta temporality (what Dynatrace takes: neither gRPC nor cumulative
 //! sums).
 //!
-//! Every metric of [`crate::metrics::ALL`] becomes an observable instrument
-//! that reads the registry at each export, so components keep counting
-//! through the one registry that `/metrics` renders too. The SDK turns the
-//! counters' running totals into deltas.
+//! Every counter and gauge of [`crate::metrics::ALL`] becomes an observable
+//! instrument that reads the registry at each export, so components keep
+//! counting through the one registry that `/metrics` renders too. The SDK
+//! turns the counters' running totals into deltas. Histograms cannot be
+//! observed: each observation is recorded into an OTel histogram too, with
+//! the registry's buckets.
 //!
 //! Configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`), `OTEL_EXPORTER_OTLP_HEADERS`
@@ -15,9 +17,11 @@
 //! timeout: an endpoint that is down never slows the pipeline; failed
 //! exports are counted in `sluice_telemetry_export_failures_total`.
 
+use std::collections::BTreeMap;
+use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
-use opentelemetry::metrics::MeterProvider as _;
+use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
 use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
@@ -28,7 +32,7 @@ use opentelemetry_sdk::trace::SdkTracerProvider;
 use opentelemetry_sdk::Resource;
 
 use crate::metrics;
-use crate::registry::{series_of, Kind, Value};
+use crate::registry::{series_of, Kind, MetricDef, Value, LATENCY_BOUNDS};
 
 /// The running export; flush it before a Lambda invocation returns, shut it
 /// down at exit.
@@ -132,6 +136,7 @@ impl Telemetry {
             .with_resource(resource)
             .build();
         let meter = provider.meter("sluice");
+        let _ = METER.set(meter.clone());
         for def in metrics::ALL {
             let def: &'static _ = *def;
             match def.kind {
@@ -148,6 +153,8 @@ impl Telemetry {
                         })
                         .build();
                 }
+                // Recorded as they happen: see HistogramRecorder.
+                Kind::Histogram => {}
                 Kind::Gauge => {
                     meter
                         .i64_observable_gauge(def.name)
@@ -208,4 +215,50 @@ fn attributes(labels: &[(&'static str, String)]) -> Vec<KeyValue> {
         .iter()
         .map(|(k, v)| KeyValue::new(*k, v.clone()))
         .collect()
+}
+
+/// The meter of the running export; histograms bind to it on first use.
+static METER: OnceLock<Meter> = OnceLock::new();
+
+/// One histogram series' OTel side: the instrument and its attributes.
+pub(crate) struct HistogramRecorder {
+    histogram: opentelemetry::metrics::Histogram<f64>,
+    attributes: Vec<KeyValue>,
+}
+
+impl HistogramRecorder {
+    pub(crate) fn record(&self, seconds: f64) {
+        self.histogram.record(seconds, &self.attributes);
+    }
+}
+
+/// The OTel side of a histogram series, bound in `slot` on first use once
+/// the export runs; `None` while it does not.
+pub(crate) fn histogram_recorder<'a>(
+    slot: &'a OnceLock<HistogramRecorder>,
+    def: &'static MetricDef,
+    labels: &[(&'static str, String)],
+) -> Option<&'a HistogramRecorder> {
+    let meter = METER.get()?;
+    Some(slot.get_or_init(|| {
+        static INSTRUMENTS: Mutex<BTreeMap<&str, opentelemetry::metrics::Histogram<f64>>> =
+            Mutex::new(BTreeMap::new());
+        let histogram = INSTRUMENTS
+            .lock()
+            .expect("instruments lock")
+            .entry(def.name)
+            .or_insert_with(|| {
+                meter
+                    .f64_histogram(def.name)
+                    .with_description(def.help)
+                    .with_unit("s")
+                    .with_boundaries(LATENCY_BOUNDS.to_vec())
+                    .build()
+            })
+            .clone();
+        HistogramRecorder {
+            histogram,
+            attributes: attributes(labels),
+        }
+    }))
 }

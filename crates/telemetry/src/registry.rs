@@ -1,17 +1,29 @@
 //! A small lock-free-on-the-hot-path metric registry: a metric with its
 //! labels is looked up once and then updated through an atomic handle.
+//! Histograms also record into the OTLP export when it runs (an observable
+//! instrument cannot be a histogram), so both see every observation.
 
 use std::collections::BTreeMap;
 use std::fmt::Write;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
 
 /// What a metric is.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Counter,
     Gauge,
+    /// Durations in seconds, in the buckets of [`LATENCY_BOUNDS`].
+    Histogram,
 }
+
+/// Upper bounds (seconds) of the latency histograms' buckets; a last bucket
+/// takes everything above.
+pub const LATENCY_BOUNDS: [f64; 16] = [
+    0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0,
+    60.0,
+];
 
 /// A metric's definition: name, help text, kind. Defined once in [`crate::metrics`].
 #[derive(Debug)]
@@ -55,9 +67,65 @@ impl Gauge {
     }
 }
 
+/// A distribution of durations.
+#[derive(Clone)]
+pub struct Histogram(Arc<HistogramCell>);
+
+struct HistogramCell {
+    def: &'static MetricDef,
+    labels: Labels,
+    /// Observations per bucket (not cumulative); the last is above every bound.
+    buckets: [AtomicU64; LATENCY_BOUNDS.len() + 1],
+    sum_micros: AtomicU64,
+    /// The OTLP side, bound once the export runs.
+    otlp: OnceLock<crate::otlp::HistogramRecorder>,
+}
+
+impl Histogram {
+    pub fn observe(&self, elapsed: Duration) {
+        let cell = &self.0;
+        let seconds = elapsed.as_secs_f64();
+        let bucket = LATENCY_BOUNDS.partition_point(|bound| *bound < seconds);
+        cell.buckets[bucket].fetch_add(1, Ordering::Relaxed);
+        cell.sum_micros
+            .fetch_add(elapsed.as_micros() as u64, Ordering::Relaxed);
+        if let Some(recorder) = crate::otlp::histogram_recorder(&cell.otlp, cell.def, &cell.labels)
+        {
+            recorder.record(seconds);
+        }
+    }
+
+    fn snapshot(&self) -> HistogramSnapshot {
+        let cell = &self.0;
+        HistogramSnapshot {
+            buckets: cell
+                .buckets
+                .iter()
+                .map(|b| b.load(Ordering::Relaxed))
+                .collect(),
+            sum_seconds: cell.sum_micros.load(Ordering::Relaxed) as f64 / 1e6,
+        }
+    }
+}
+
+/// A histogram's counts now.
+#[derive(Clone, Debug, PartialEq)]
+pub struct HistogramSnapshot {
+    /// Observations per bucket of [`LATENCY_BOUNDS`], the last above them all.
+    pub buckets: Vec<u64>,
+    pub sum_seconds: f64,
+}
+
+impl HistogramSnapshot {
+    pub fn count(&self) -> u64 {
+        self.buckets.iter().sum()
+    }
+}
+
 enum Cell {
     Counter(Arc<AtomicU64>),
     Gauge(Arc<AtomicI64>),
+    Histogram(Histogram),
 }
 
 /// Series by metric name and labels.
@@ -87,7 +155,7 @@ impl MetricDef {
             .or_insert_with(|| (self, Cell::Counter(Arc::default())));
         match &cell.1 {
             Cell::Counter(c) => Counter(c.clone()),
-            Cell::Gauge(_) => unreachable!("kinds are fixed by the definition"),
+            _ => unreachable!("kinds are fixed by the definition"),
         }
     }
 
@@ -100,16 +168,45 @@ impl MetricDef {
             .or_insert_with(|| (self, Cell::Gauge(Arc::default())));
         match &cell.1 {
             Cell::Gauge(g) => Gauge(g.clone()),
-            Cell::Counter(_) => unreachable!("kinds are fixed by the definition"),
+            _ => unreachable!("kinds are fixed by the definition"),
+        }
+    }
+
+    /// The histogram of this metric with these labels.
+    pub fn histogram(&'static self, pairs: &[(&'static str, &str)]) -> Histogram {
+        assert_eq!(
+            self.kind,
+            Kind::Histogram,
+            "{} is not a histogram",
+            self.name
+        );
+        let mut series = registry().series.lock().expect("registry lock");
+        let labels = labels(pairs);
+        let cell = series
+            .entry((self.name, labels.clone()))
+            .or_insert_with(|| {
+                let cell = HistogramCell {
+                    def: self,
+                    labels,
+                    buckets: Default::default(),
+                    sum_micros: AtomicU64::new(0),
+                    otlp: OnceLock::new(),
+                };
+                (self, Cell::Histogram(Histogram(Arc::new(cell))))
+            });
+        match &cell.1 {
+            Cell::Histogram(h) => h.clone(),
+            _ => unreachable!("kinds are fixed by the definition"),
         }
     }
 }
 
 /// A series' current value.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq)]
 pub enum Value {
     Counter(u64),
     Gauge(i64),
+    Histogram(HistogramSnapshot),
 }
 
 /// Every series of one metric now: its labels and value.
@@ -122,6 +219,7 @@ pub fn series_of(def: &MetricDef) -> Vec<(Vec<(&'static str, String)>, Value)> {
             let value = match cell {
                 Cell::Counter(c) => Value::Counter(c.load(Ordering::Relaxed)),
                 Cell::Gauge(g) => Value::Gauge(g.load(Ordering::Relaxed)),
+                Cell::Histogram(h) => Value::Histogram(h.snapshot()),
             };
             (labels.clone(), value)
         })
@@ -145,28 +243,55 @@ pub fn render_prometheus() -> String {
             let kind = match def.kind {
                 Kind::Counter => "counter",
                 Kind::Gauge => "gauge",
+                Kind::Histogram => "histogram",
             };
             let _ = writeln!(out, "# HELP {name} {}\n# TYPE {name} {kind}", def.help);
             last_name = name;
         }
-        out.push_str(name);
-        if !labels.is_empty() {
-            out.push('{');
-            for (i, (k, v)) in labels.iter().enumerate() {
-                if i > 0 {
-                    out.push(',');
+        match cell {
+            Cell::Counter(c) => sample(&mut out, name, "", labels, None, c.load(Ordering::Relaxed)),
+            Cell::Gauge(g) => sample(&mut out, name, "", labels, None, g.load(Ordering::Relaxed)),
+            Cell::Histogram(h) => {
+                let snapshot = h.snapshot();
+                let mut cumulative = 0;
+                for (i, count) in snapshot.buckets.iter().enumerate() {
+                    cumulative += count;
+                    let le = LATENCY_BOUNDS
+                        .get(i)
+                        .map_or_else(|| "+Inf".to_owned(), |b| b.to_string());
+                    sample(&mut out, name, "_bucket", labels, Some(&le), cumulative);
                 }
-                let _ = write!(out, "{k}=\"{}\"", escape(v));
+                sample(&mut out, name, "_sum", labels, None, snapshot.sum_seconds);
+                sample(&mut out, name, "_count", labels, None, cumulative);
             }
-            out.push('}');
         }
-        let value = match cell {
-            Cell::Counter(c) => c.load(Ordering::Relaxed).to_string(),
-            Cell::Gauge(g) => g.load(Ordering::Relaxed).to_string(),
-        };
-        let _ = writeln!(out, " {value}");
     }
     out
+}
+
+/// One sample line: name and suffix, labels (and `le`), value.
+fn sample(
+    out: &mut String,
+    name: &str,
+    suffix: &str,
+    labels: &Labels,
+    le: Option<&str>,
+    value: impl std::fmt::Display,
+) {
+    out.push_str(name);
+    out.push_str(suffix);
+    if !labels.is_empty() || le.is_some() {
+        out.push('{');
+        let le = le.map(|le| ("le", le.to_owned()));
+        for (i, (k, v)) in labels.iter().chain(le.as_ref()).enumerate() {
+            if i > 0 {
+                out.push(',');
+            }
+            let _ = write!(out, "{k}=\"{}\"", escape(v));
+        }
+        out.push('}');
+    }
+    let _ = writeln!(out, " {value}");
 }
 
 #[cfg(test)]
@@ -178,6 +303,36 @@ mod tests {
         help: "Things counted in a test.",
         kind: Kind::Counter,
     };
+
+    static TEST_HISTOGRAM: MetricDef = MetricDef {
+        name: "sluice_test_wait_seconds",
+        help: "Waits in a test.",
+        kind: Kind::Histogram,
+    };
+
+    #[test]
+    fn histograms_render_cumulative_buckets_sum_and_count() {
+        let h = TEST_HISTOGRAM.histogram(&[("stream", "s")]);
+        h.observe(Duration::from_micros(300));
+        h.observe(Duration::from_millis(3));
+        h.observe(Duration::from_secs(90));
+        let text = render_prometheus();
+        assert!(
+            text.contains("# TYPE sluice_test_wait_seconds histogram"),
+            "{text}"
+        );
+        for line in [
+            "sluice_test_wait_seconds_bucket{stream=\"s\",le=\"0.0005\"} 1",
+            "sluice_test_wait_seconds_bucket{stream=\"s\",le=\"0.0025\"} 1",
+            "sluice_test_wait_seconds_bucket{stream=\"s\",le=\"0.005\"} 2",
+            "sluice_test_wait_seconds_bucket{stream=\"s\",le=\"60\"} 2",
+            "sluice_test_wait_seconds_bucket{stream=\"s\",le=\"+Inf\"} 3",
+            "sluice_test_wait_seconds_sum{stream=\"s\"} 90.0033",
+            "sluice_test_wait_seconds_count{stream=\"s\"} 3",
+        ] {
+            assert!(text.contains(line), "{line} missing from\n{text}");
+        }
+    }
 
     #[test]
     fn counters_render_with_escaped_labels() {

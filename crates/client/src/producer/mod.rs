@@ -30,7 +30,7 @@ use sluice_core::retry::{Backoff, Retryable};
 use sluice_core::stream::{PutRecord, PutResult, StreamError};
 use sluice_core::StreamBackend;
 use sluice_telemetry::metrics;
-use sluice_telemetry::Counter;
+use sluice_telemetry::{Counter, Histogram};
 
 /// Producer settings.
 #[derive(Clone, Debug)]
@@ -170,6 +170,7 @@ struct Inner {
     wake: Notify,
     closed: AtomicBool,
     calls: Counter,
+    call_duration: Histogram,
     records: Counter,
     user_records: Counter,
     failed_entries: Counter,
@@ -220,6 +221,7 @@ impl Producer {
             wake: Notify::new(),
             closed: AtomicBool::new(false),
             calls: metrics::PUT_CALLS.counter(&labels),
+            call_duration: metrics::PUT_DURATION.histogram(&labels),
             records: metrics::PUT_RECORDS.counter(&labels),
             user_records: metrics::PUT_USER_RECORDS.counter(&labels),
             failed_entries: metrics::PUT_FAILED_ENTRIES.counter(&labels),
@@ -605,7 +607,9 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
     let records: Vec<PutRecord> = entries.iter().map(|e| e.record.clone()).collect();
     tracing::trace!(stream = %inner.stream, entries = records.len(), "PutRecords");
     inner.calls.inc();
+    let started = Instant::now();
     let outcome = inner.backend.put_records(&inner.stream, records).await;
+    inner.call_duration.observe(started.elapsed());
     let mut retry = Vec::new();
     let mut lanes_in_call = Vec::new();
     let mut progressed = Vec::new();

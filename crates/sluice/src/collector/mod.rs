@@ -4,18 +4,20 @@
 
 pub mod ingest;
 
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
+use std::time::Instant;
 
-use axum::extract::State;
+use axum::extract::{Request, State};
 use axum::http::{header, HeaderMap, StatusCode};
-use axum::response::IntoResponse;
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
 use axum::Json;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
 use sluice_client::{ProduceError, Producer};
 use sluice_core::retry::Retryable;
-use sluice_telemetry::{metrics, Counter, Gauge};
+use sluice_telemetry::{metrics, Counter, Gauge, Histogram};
 
 use crate::error::AppError;
 use ingest::{BodyError, BodyFormat, IngestRules, Ingested};
@@ -42,6 +44,24 @@ impl Collector {
             queue_depth: metrics::COLLECTOR_QUEUE_DEPTH.gauge(&[]),
         }
     }
+}
+
+/// Counts every collector request by status and times it to its answer.
+pub async fn measure(request: Request, next: Next) -> Response {
+    static DURATION: OnceLock<Histogram> = OnceLock::new();
+    /// A counter per status code, looked up once each.
+    static BY_STATUS: [OnceLock<Counter>; 500] = [const { OnceLock::new() }; 500];
+    let started = Instant::now();
+    let response = next.run(request).await;
+    DURATION
+        .get_or_init(|| metrics::COLLECTOR_REQUEST_DURATION.histogram(&[]))
+        .observe(started.elapsed());
+    let status = response.status().as_u16();
+    let counter = BY_STATUS[usize::from(status.clamp(100, 599) - 100)].get_or_init(|| {
+        metrics::COLLECTOR_REQUESTS.counter(&[("status", response.status().as_str())])
+    });
+    counter.inc();
+    response
 }
 
 fn reject_reason(reason: &str) {
