@@ -18,6 +18,9 @@ use crate::limits::MAX_RECORD_BYTES;
 use crate::rules::{Decision, RuleSet};
 use crate::stream::{PartitionKey, PutRecord, Record};
 
+/// Most upstream contexts a batch gathers (and continues with spans).
+pub const MAX_TRACE_CONTEXTS: usize = 128;
+
 /// How much of a record a dead-letter entry keeps.
 pub const DEAD_LETTER_KEEP_BYTES: usize = 256 * 1024;
 
@@ -94,7 +97,8 @@ pub struct RoutedBatch {
     /// Dead-lettered records by reason code.
     pub dead_letters: Vec<(&'static str, u64)>,
     /// The distinct `traceparent` headers of the batch, in order of first
-    /// appearance: the contexts the router continues.
+    /// appearance, at most [`MAX_TRACE_CONTEXTS`]: the contexts the router
+    /// continues.
     pub traceparents: Vec<String>,
 }
 
@@ -177,10 +181,10 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
         };
         match headers {
             Ok(headers) => {
-                if let Some(crate::envelope::HeaderValue::Str(tp)) = options
-                    .trace_context
-                    .then(|| headers.get("traceparent"))
-                    .flatten()
+                let gathering =
+                    options.trace_context && batch.traceparents.len() < MAX_TRACE_CONTEXTS;
+                if let Some(crate::envelope::HeaderValue::Str(tp)) =
+                    gathering.then(|| headers.get("traceparent")).flatten()
                 {
                     if batch.traceparents.last().map(String::as_str) != Some(tp.as_ref())
                         && !batch.traceparents.iter().any(|seen| seen == tp.as_ref())
@@ -321,6 +325,34 @@ to = ["transactions"]
             .try_into()
             .unwrap();
         RuleSet::new(&routes, &Unmatched::default(), &DeadLetter::default())
+    }
+
+    #[test]
+    fn distinct_trace_contexts_are_gathered_in_order_up_to_the_bound() {
+        let rules = rules();
+        let records: Vec<Record> = (0..MAX_TRACE_CONTEXTS as u64 + 50)
+            .flat_map(|i| {
+                let data = format!(
+                    r#"{{"headers":{{"traceparent":"00-{:032x}-{:016x}-01","type":"click"}},"payload":{{}}}}"#,
+                    i + 1,
+                    i + 1
+                );
+                // Each context twice in a row, as a request of two events.
+                [record(2 * i, "k", data.as_bytes()), record(2 * i + 1, "k", data.as_bytes())]
+            })
+            .collect();
+        let mut options = RouterOptions::new("inbound");
+        assert!(route_batch(&rules, &options, &records)
+            .traceparents
+            .is_empty());
+        options.trace_context = true;
+        let gathered = route_batch(&rules, &options, &records).traceparents;
+        assert_eq!(gathered.len(), MAX_TRACE_CONTEXTS);
+        assert_eq!(gathered[0], format!("00-{:032x}-{:016x}-01", 1, 1));
+        assert_eq!(
+            gathered[MAX_TRACE_CONTEXTS - 1],
+            format!("00-{:032x}-{:016x}-01", 128, 128)
+        );
     }
 
     #[test]

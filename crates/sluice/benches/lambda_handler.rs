@@ -87,12 +87,25 @@ impl StreamBackend for Acknowledging {
 }
 
 /// The event JSON Lambda would deliver for `count` sample records, every
-/// field of a real Kinesis event included.
-fn event(count: usize, size: usize) -> Vec<u8> {
+/// field of a real Kinesis event included. One record in `traced_every`
+/// carries a sampled `traceparent` of its own, as the collector writes it
+/// for single-event requests while spans are exported: 1 is every request
+/// sampled (the router's worst case), 100 is 1% head sampling (unsampled
+/// requests carry no context); 0 is none.
+fn event(count: usize, size: usize, traced_every: usize) -> Vec<u8> {
     let records: Vec<serde_json::Value> = sample::records(size, count)
         .into_iter()
         .enumerate()
-        .map(|(i, r)| {
+        .map(|(i, mut r)| {
+            if traced_every > 0 && i % traced_every == 0 {
+                let header = format!(
+                    r#"{{"headers":{{"traceparent":"00-{:032x}-{:016x}-01","#,
+                    i + 1,
+                    i + 1
+                );
+                let text = std::str::from_utf8(&r.data).unwrap();
+                r.data = text.replacen(r#"{"headers":{"#, &header, 1).into();
+            }
             serde_json::json!({
                 "eventSource": "aws:kinesis",
                 "eventVersion": "1.0",
@@ -114,6 +127,57 @@ fn event(count: usize, size: usize) -> Vec<u8> {
     serde_json::to_vec(&serde_json::json!({ "Records": records })).unwrap()
 }
 
+/// Routes each batch size through a router on `config`, as `name`.
+fn measure(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    runtime: &tokio::runtime::Runtime,
+    name: &str,
+    config: &Config,
+    traced_every: usize,
+) {
+    let router = {
+        let _entered = runtime.enter();
+        LambdaRouter::new(config, Arc::new(Acknowledging), Duration::ZERO)
+    };
+    for (count, size) in [(100usize, 1024usize), (10_000, 1024), (10_000, 300)] {
+        let json = event(count, size, traced_every);
+        group.throughput(Throughput::Elements(count as u64));
+        let id = BenchmarkId::new(name, format!("{count}x{size}B"));
+        group.bench_with_input(id, &json, |b, json| {
+            b.iter(|| {
+                runtime.block_on(async {
+                    // Read as lambda_runtime reads an event for the function.
+                    let reader = &mut serde_json::Deserializer::from_slice(json);
+                    let input: KinesisBatch = serde_path_to_error::deserialize(reader).unwrap();
+                    let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+                    let (summary, failed) = router.route(&input, deadline).await;
+                    assert!(failed.is_none());
+                    summary
+                })
+            })
+        });
+    }
+}
+
+/// An OTLP/HTTP endpoint on loopback that takes every request.
+fn otlp_sink() -> String {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let address = listener.local_addr().unwrap();
+    listener.set_nonblocking(true).unwrap();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener).unwrap();
+            let app = axum::Router::new().fallback(|_: axum::body::Bytes| async { "" });
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    format!("http://{address}")
+}
+
 fn bench(c: &mut Criterion) {
     let example =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/../../sluice.toml")).unwrap();
@@ -122,43 +186,31 @@ fn bench(c: &mut Criterion) {
         .build()
         .unwrap();
     let mut group = c.benchmark_group("lambda_handler");
-    for aggregate in [false, true] {
-        let mut text = example.clone();
-        if aggregate {
-            let plain = Config::parse(&text, "sluice.toml").unwrap();
-            for stream in plain.rules().streams() {
-                text.push_str(&format!("\n[outputs.{stream}]\naggregate = true\n"));
-            }
-        }
-        let config = Config::parse(&text, "sluice.toml").unwrap();
-        let router = {
-            let _entered = runtime.enter();
-            LambdaRouter::new(&config, Arc::new(Acknowledging), Duration::ZERO)
-        };
-        let name = if aggregate {
-            "aggregated_outputs"
-        } else {
-            "plain_outputs"
-        };
-        for (count, size) in [(100usize, 1024usize), (10_000, 1024), (10_000, 300)] {
-            let json = event(count, size);
-            group.throughput(Throughput::Elements(count as u64));
-            let id = BenchmarkId::new(name, format!("{count}x{size}B"));
-            group.bench_with_input(id, &json, |b, json| {
-                b.iter(|| {
-                    runtime.block_on(async {
-                        // Read as lambda_runtime reads an event for the function.
-                        let reader = &mut serde_json::Deserializer::from_slice(json);
-                        let input: KinesisBatch = serde_path_to_error::deserialize(reader).unwrap();
-                        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
-                        let (summary, failed) = router.route(&input, deadline).await;
-                        assert!(failed.is_none());
-                        summary
-                    })
-                })
-            });
-        }
+    let plain = Config::parse(&example, "sluice.toml").unwrap();
+    let mut aggregated = example.clone();
+    for stream in plain.rules().streams() {
+        aggregated.push_str(&format!("\n[outputs.{stream}]\naggregate = true\n"));
     }
+    let aggregated = Config::parse(&aggregated, "sluice.toml").unwrap();
+    measure(&mut group, &runtime, "plain_outputs", &plain, 0);
+    measure(&mut group, &runtime, "aggregated_outputs", &aggregated, 0);
+
+    // Telemetry on, as the function runs with an OTLP endpoint set: metrics
+    // and spans exported to a local sink (on its own thread). With every
+    // request sampled, each record has a context of its own and the router
+    // starts a span for each (up to 128 a batch); with 1% sampling, one
+    // record in 100 does. The flush before each answer (a network wait) is
+    // not counted.
+    std::env::set_var("OTEL_EXPORTER_OTLP_ENDPOINT", otlp_sink());
+    std::env::set_var("OTEL_METRIC_EXPORT_INTERVAL", "1000");
+    let telemetry = sluice_telemetry::Telemetry::start("sluice-bench");
+    assert!(sluice_telemetry::trace::enabled());
+    let traced = [("all_sampled", 1), ("1pct_sampled", 100)];
+    for (sampling, every) in traced {
+        let name = format!("plain_outputs_telemetry_{sampling}");
+        measure(&mut group, &runtime, &name, &plain, every);
+    }
+    telemetry.shutdown();
     group.finish();
 }
 

@@ -1296,6 +1296,8 @@ async fn one_event_is_followed_from_collector_to_router_to_consumer_in_one_trace
     let mut env: Vec<(&str, &str)> = AWS_ENV.to_vec();
     env.extend([
         ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+        // Every request traced, not the default 1%.
+        ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
         ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ("OTEL_METRIC_EXPORT_INTERVAL", "1000"),
     ]);

@@ -12,6 +12,7 @@
 //! Configured by the standard variables: `OTEL_EXPORTER_OTLP_ENDPOINT` (or
 //! `OTEL_EXPORTER_OTLP_METRICS_ENDPOINT`), `OTEL_EXPORTER_OTLP_HEADERS`
 //! (for Dynatrace: `Authorization=Api-Token dt0c01....`),
+//! `OTEL_TRACES_SAMPLER` (default: 1% of requests, see [`default_sampler`]),
 //! `OTEL_METRIC_EXPORT_INTERVAL` (ms), `OTEL_RESOURCE_ATTRIBUTES`. Without
 //! an endpoint nothing is exported. Export runs on its own thread with a
 //! timeout: an endpoint that is down never slows the pipeline; failed
@@ -28,7 +29,7 @@ use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
 use opentelemetry_sdk::metrics::{PeriodicReader, SdkMeterProvider, Temporality};
-use opentelemetry_sdk::trace::SdkTracerProvider;
+use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
 use opentelemetry_sdk::Resource;
 
 use crate::metrics;
@@ -62,6 +63,19 @@ impl PushMetricExporter for Counted {
     fn temporality(&self) -> Temporality {
         Temporality::Delta
     }
+}
+
+/// The share of requests traced when `OTEL_TRACES_SAMPLER` is not set.
+pub const DEFAULT_TRACE_RATIO: f64 = 0.01;
+
+/// Sluice's default head sampling: [`DEFAULT_TRACE_RATIO`] of requests,
+/// and every request whose caller sampled it (a `traceparent` from the
+/// page). Tracing every request of a pipeline taking thousands a second
+/// costs a span export per event (and its ingest); `OTEL_TRACES_SAMPLER`
+/// (`parentbased_always_on`, `parentbased_traceidratio` with
+/// `OTEL_TRACES_SAMPLER_ARG`, ...) chooses otherwise.
+pub fn default_sampler() -> Sampler {
+    Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(DEFAULT_TRACE_RATIO)))
 }
 
 fn endpoint_configured() -> bool {
@@ -118,10 +132,13 @@ impl Telemetry {
             .build()
         {
             Ok(exporter) => {
-                let tracer = SdkTracerProvider::builder()
+                let mut builder = SdkTracerProvider::builder()
                     .with_batch_exporter(exporter)
-                    .with_resource(resource.clone())
-                    .build();
+                    .with_resource(resource.clone());
+                if std::env::var_os("OTEL_TRACES_SAMPLER").is_none() {
+                    builder = builder.with_sampler(default_sampler());
+                }
+                let tracer = builder.build();
                 opentelemetry::global::set_tracer_provider(tracer.clone());
                 crate::trace::set_enabled();
                 Some(tracer)

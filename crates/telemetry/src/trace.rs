@@ -8,7 +8,9 @@
 //! context.
 
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::OnceLock;
 
+use opentelemetry::global::BoxedTracer;
 use opentelemetry::trace::{
     Link, SpanContext, SpanId, SpanKind, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
 };
@@ -40,11 +42,13 @@ pub struct Span {
 
 impl Span {
     /// The `traceparent` value for this span (`00-trace-span-flags`), when
-    /// tracing is on.
+    /// tracing is on and the span is sampled: an unsampled span is exported
+    /// nowhere, so nothing downstream could join it, and records do not
+    /// carry its 70 bytes.
     pub fn traceparent(&self) -> Option<String> {
         let span = self.cx.span();
         let context = span.span_context();
-        context.is_valid().then(|| {
+        (context.is_valid() && context.is_sampled()).then(|| {
             format!(
                 "00-{:032x}-{:016x}-{:02x}",
                 context.trace_id(),
@@ -91,7 +95,12 @@ pub fn parse_traceparent(text: &str) -> Option<SpanContext> {
 /// Starts a span, as a child of `parent` (a `traceparent`) when given, with
 /// links to the other contexts it handles.
 pub fn start(name: &'static str, kind: Kind, parent: Option<&str>, links: &[&str]) -> Span {
-    let tracer = global::tracer("sluice");
+    if !enabled() {
+        return Span { cx: Context::new() };
+    }
+    // Looked up once: each global lookup builds a tracer.
+    static TRACER: OnceLock<BoxedTracer> = OnceLock::new();
+    let tracer = TRACER.get_or_init(|| global::tracer("sluice"));
     let parent = parent
         .and_then(parse_traceparent)
         .map(|context| Context::new().with_remote_span_context(context))
@@ -108,7 +117,7 @@ pub fn start(name: &'static str, kind: Kind, parent: Option<&str>, links: &[&str
             Kind::Consumer => SpanKind::Consumer,
         })
         .with_links(links)
-        .start_with_context(&tracer, &parent);
+        .start_with_context(tracer, &parent);
     Span {
         cx: parent.with_span(span),
     }
@@ -117,6 +126,25 @@ pub fn start(name: &'static str, kind: Kind, parent: Option<&str>, links: &[&str
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn only_sampled_spans_hand_out_a_traceparent() {
+        use opentelemetry_sdk::trace::{Sampler, SdkTracerProvider};
+        let provider = SdkTracerProvider::builder()
+            .with_sampler(Sampler::ParentBased(Box::new(Sampler::AlwaysOff)))
+            .build();
+        global::set_tracer_provider(provider);
+        set_enabled();
+        let unsampled = start("test", Kind::Server, None, &[]);
+        assert_eq!(unsampled.traceparent(), None);
+        // A caller's sampled context is continued, and handed on.
+        let caller = "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01";
+        let continued = start("test", Kind::Server, Some(caller), &[]);
+        let traceparent = continued.traceparent().expect("sampled by its parent");
+        assert!(traceparent.starts_with("00-4bf92f3577b34da6a3ce929d0e0e4736-"));
+        assert!(traceparent.ends_with("-01"));
+        assert_ne!(traceparent, caller);
+    }
 
     #[test]
     fn traceparent_values_are_read_strictly() {

@@ -40,9 +40,6 @@ impl RouteAndDeliver {
     }
 }
 
-/// Most upstream contexts a batch continues with spans of their own.
-const MAX_TRACED_CONTEXTS: usize = 128;
-
 /// Spans for a routed batch, alive until dropped (after delivery): one per
 /// upstream context (a collector request), as its child, so an event's
 /// trace goes on through the router; and one for the batch, linking them.
@@ -51,7 +48,7 @@ pub fn trace_batch(batch: &RoutedBatch) -> Vec<sluice_telemetry::trace::Span> {
     if !sluice_telemetry::trace::enabled() || batch.traceparents.is_empty() {
         return Vec::new();
     }
-    let contexts = &batch.traceparents[..batch.traceparents.len().min(MAX_TRACED_CONTEXTS)];
+    let contexts = &batch.traceparents;
     let mut spans: Vec<_> = contexts
         .iter()
         .map(|tp| start("router.route", Kind::Consumer, Some(tp), &[]))
