@@ -111,6 +111,10 @@ impl Drop for Function {
 }
 
 async fn start(config: &str, margin_ms: u64) -> Function {
+    start_with(config, margin_ms, &[]).await
+}
+
+async fn start_with(config: &str, margin_ms: u64, env: &[(&str, &str)]) -> Function {
     let api = RuntimeApi::start().await.unwrap();
     let child = Command::new(env!("CARGO_BIN_EXE_sluice-router-lambda"))
         .env("AWS_LAMBDA_RUNTIME_API", api.address.to_string())
@@ -126,6 +130,7 @@ async fn start(config: &str, margin_ms: u64) -> Function {
         .env("AWS_ENDPOINT_URL_KINESIS", moto())
         .env("SLUICE_RULES", config)
         .env("SLUICE_DEADLINE_MARGIN_MS", margin_ms.to_string())
+        .envs(env.iter().copied())
         .stdout(Stdio::null())
         .stderr(Stdio::inherit())
         .spawn()
@@ -391,6 +396,92 @@ async fn ten_thousand_records_with_aggregated_outputs() {
             "{key}: {positions:?}"
         );
     }
+}
+
+/// Creates a Secrets Manager secret in moto, with the JSON protocol as the
+/// SDKs speak it (moto reads the region from the credential scope).
+async fn create_secret(name: &str, value: &str) {
+    let response = reqwest::Client::new()
+        .post(moto())
+        .header("X-Amz-Target", "secretsmanager.CreateSecret")
+        .header("Content-Type", "application/x-amz-json-1.1")
+        .header(
+            "Authorization",
+            "AWS4-HMAC-SHA256 Credential=test/20261128/us-east-1/secretsmanager/aws4_request, SignedHeaders=host, Signature=0",
+        )
+        .body(serde_json::json!({ "Name": name, "SecretString": value }).to_string())
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        response.status().is_success(),
+        "{:?}",
+        response.text().await
+    );
+}
+
+/// An OTLP/HTTP receiver that keeps the `Authorization` header of every
+/// export it receives.
+async fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
+    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
+    let kept = seen.clone();
+    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
+        let kept = kept.clone();
+        async move {
+            let authorization = headers
+                .get("authorization")
+                .map(|v| v.to_str().unwrap_or("?").to_owned())
+                .unwrap_or_default();
+            kept.lock().unwrap().push(authorization);
+            ""
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let endpoint = format!("http://{}", listener.local_addr().unwrap());
+    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    (endpoint, seen)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dynatrace_token_comes_from_secrets_manager_with_every_export() {
+    let (endpoint, seen) = otlp_receiver().await;
+    let (prefix, _) = streams_for("token").await;
+    let secret = format!("{prefix}-dynatrace-token");
+    create_secret(&secret, "dt0c01.ABC.DEF").await;
+    let moto = moto();
+    let telemetry = |secret: &str| {
+        vec![
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.clone()),
+            ("AWS_ENDPOINT_URL_SECRETS_MANAGER", moto.clone()),
+            ("SLUICE_OTLP_TOKEN_SECRET_ARN", secret.to_owned()),
+        ]
+    };
+    let empty = br#"{"Records":[]}"#.to_vec();
+
+    // A secret that does not exist: the function runs, exporting nothing.
+    let env = telemetry(&format!("{prefix}-no-such-secret"));
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let function = start_with(&rules(&prefix, ""), 1000, &env).await;
+    assert!(invoke(&function, empty.clone(), Duration::from_secs(30))
+        .await
+        .is_empty());
+    drop(function);
+    assert!(seen.lock().unwrap().is_empty(), "exported without a token");
+
+    // The secret: every export carries the token; metrics and spans leave
+    // before the answer, so they have arrived once it is in.
+    let env = telemetry(&secret);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let function = start_with(&rules(&prefix, ""), 1000, &env).await;
+    assert!(invoke(&function, empty, Duration::from_secs(30))
+        .await
+        .is_empty());
+    let seen = seen.lock().unwrap().clone();
+    assert!(!seen.is_empty(), "nothing exported");
+    assert!(
+        seen.iter().all(|a| a == "Api-Token dt0c01.ABC.DEF"),
+        "{seen:?}"
+    );
 }
 
 #[test]

@@ -18,13 +18,13 @@
 //! timeout: an endpoint that is down never slows the pipeline; failed
 //! exports are counted in `sluice_telemetry_export_failures_total`.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::sync::{Mutex, OnceLock};
 use std::time::Duration;
 
 use opentelemetry::metrics::{Meter, MeterProvider as _};
 use opentelemetry::KeyValue;
-use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig};
+use opentelemetry_otlp::{MetricExporter, SpanExporter, WithExportConfig, WithHttpConfig};
 use opentelemetry_sdk::error::OTelSdkResult;
 use opentelemetry_sdk::metrics::data::ResourceMetrics;
 use opentelemetry_sdk::metrics::exporter::PushMetricExporter;
@@ -90,14 +90,27 @@ fn endpoint_configured() -> bool {
 impl Telemetry {
     /// Starts exporting when an OTLP endpoint is configured.
     pub fn start(service: &str) -> Self {
+        Self::start_with_headers(service, HashMap::new())
+    }
+
+    /// No export.
+    pub fn off() -> Self {
+        Self {
+            provider: None,
+            tracer: None,
+        }
+    }
+
+    /// As [`Telemetry::start`], with headers sent on every export beside
+    /// those of `OTEL_EXPORTER_OTLP_HEADERS` (a token read from a secret
+    /// store, say). Their values are never logged.
+    pub fn start_with_headers(service: &str, headers: HashMap<String, String>) -> Self {
         if !endpoint_configured() {
-            return Self {
-                provider: None,
-                tracer: None,
-            };
+            return Self::off();
         }
         let exporter = match MetricExporter::builder()
             .with_http()
+            .with_headers(headers.clone())
             .with_timeout(Duration::from_secs(5))
             .with_temporality(Temporality::Delta)
             .build()
@@ -105,10 +118,7 @@ impl Telemetry {
             Ok(exporter) => exporter,
             Err(e) => {
                 tracing::error!(error = %e, "OTLP metrics export is off: the exporter could not be built");
-                return Self {
-                    provider: None,
-                    tracer: None,
-                };
+                return Self::off();
             }
         };
         let interval = std::env::var("OTEL_METRIC_EXPORT_INTERVAL")
@@ -128,6 +138,7 @@ impl Telemetry {
             .build();
         let tracer = match SpanExporter::builder()
             .with_http()
+            .with_headers(headers)
             .with_timeout(Duration::from_secs(5))
             .build()
         {

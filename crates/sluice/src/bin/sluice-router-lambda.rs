@@ -6,17 +6,20 @@
 //! `SLUICE_RULES` holds its text; AWS endpoints and credentials come from the
 //! standard SDK variables. `SLUICE_DEADLINE_MARGIN_MS` (default 1000) is the
 //! time kept back from each invocation's deadline to answer. An invalid
-//! configuration stops the cold start with one log line.
+//! configuration stops the cold start with one log line. Telemetry: the
+//! standard `OTEL_*` variables, and `SLUICE_OTLP_TOKEN_SECRET_ARN`, the
+//! Secrets Manager secret with the Dynatrace API token sent on every export.
 
+use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
 use lambda_runtime::{service_fn, Error, LambdaEvent};
 use sluice::config::BackendConfig;
-use sluice::lambda::{config_from_env, KinesisBatch, LambdaRouter};
+use sluice::lambda::{config_from_env, otlp_token_header, KinesisBatch, LambdaRouter};
 use sluice_backends::aws::AwsSettings;
-use sluice_telemetry::LogFormat;
+use sluice_telemetry::{LogFormat, Telemetry};
 
 #[tokio::main]
 async fn main() -> ExitCode {
@@ -49,10 +52,31 @@ async fn main() -> ExitCode {
         // `sluice up` and is ignored here.
         BackendConfig::Local { .. } => AwsSettings::default(),
     };
+    // The Dynatrace token stays in Secrets Manager until the cold start
+    // reads it; without it nothing is exported (the pipeline runs on).
+    let mut headers = HashMap::new();
+    let mut export = true;
+    if let Some(secret) = std::env::var("SLUICE_OTLP_TOKEN_SECRET_ARN")
+        .ok()
+        .filter(|s| !s.is_empty())
+    {
+        match otlp_token_header(&secret, settings.region.as_deref()).await {
+            Ok((name, value)) => {
+                headers.insert(name, value);
+            }
+            Err(error) => {
+                tracing::error!(error = %error, "telemetry export is off: the OTLP token could not be read");
+                export = false;
+            }
+        }
+    }
     let telemetry = Arc::new(
-        tokio::task::spawn_blocking(|| sluice_telemetry::Telemetry::start("sluice-router-lambda"))
-            .await
-            .expect("telemetry start"),
+        tokio::task::spawn_blocking(move || match export {
+            true => Telemetry::start_with_headers("sluice-router-lambda", headers),
+            false => Telemetry::off(),
+        })
+        .await
+        .expect("telemetry start"),
     );
     let (streams, _) = sluice_backends::aws::connect(&settings).await;
     // [faults] works here as in `sluice up`: for tests and drills only.

@@ -49,6 +49,44 @@ pub fn config_from_env() -> Result<Config, String> {
     }
 }
 
+/// The OTLP `Authorization` header from the Secrets Manager secret `secret`
+/// (ARN or name) holding the Dynatrace API token, read once at cold start.
+/// A secret that holds `Api-Token …` is used as it is; a bare token gets the
+/// prefix. The value is never logged. The Secrets Manager endpoint comes
+/// from the standard SDK variables like every other AWS endpoint.
+pub async fn otlp_token_header(
+    secret: &str,
+    region: Option<&str>,
+) -> Result<(String, String), String> {
+    let mut loader = aws_config::defaults(aws_config::BehaviorVersion::latest());
+    if let Some(region) = region {
+        loader = loader.region(aws_config::Region::new(region.to_owned()));
+    }
+    let client = aws_sdk_secretsmanager::Client::new(&loader.load().await);
+    let output = client
+        .get_secret_value()
+        .secret_id(secret)
+        .send()
+        .await
+        .map_err(|e| {
+            format!(
+                "secret {secret}: {}",
+                aws_sdk_secretsmanager::error::DisplayErrorContext(&e)
+            )
+        })?;
+    let token = output
+        .secret_string()
+        .map(str::trim)
+        .filter(|token| !token.is_empty())
+        .ok_or_else(|| format!("secret {secret} holds no text"))?;
+    let value = if token.starts_with("Api-Token ") {
+        token.to_owned()
+    } else {
+        format!("Api-Token {token}")
+    };
+    Ok(("Authorization".to_owned(), value))
+}
+
 /// What one invocation did, for its log line and for tests.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Summary {
