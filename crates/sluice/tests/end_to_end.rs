@@ -1371,6 +1371,19 @@ async fn one_event_is_followed_from_collector_to_router_to_consumer_in_one_trace
     let _ = consumer.wait();
 }
 
+/// Every metric of that name in the export requests.
+fn metrics_named<'a>(
+    requests: &'a [MetricsRequest],
+    name: &'a str,
+) -> impl Iterator<Item = &'a opentelemetry_proto::tonic::metrics::v1::Metric> {
+    requests
+        .iter()
+        .flat_map(|r| &r.resource_metrics)
+        .flat_map(|r| &r.scope_metrics)
+        .flat_map(|s| &s.metrics)
+        .filter(move |m| m.name == name)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
     use opentelemetry_proto::tonic::metrics::v1::{
@@ -1402,27 +1415,16 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
             let requests = received.lock().unwrap().clone();
             async move {
                 let mut total = 0;
-                for request in &requests {
-                    for resource in &request.resource_metrics {
-                        for scope in &resource.scope_metrics {
-                            for metric in &scope.metrics {
-                                if metric.name != "sluice_collector_events_accepted_total" {
-                                    continue;
-                                }
-                                let Some(Data::Sum(sum)) = &metric.data else {
-                                    return Err(format!("not a sum: {metric:?}"));
-                                };
-                                if sum.aggregation_temporality
-                                    != AggregationTemporality::Delta as i32
-                                {
-                                    return Err(format!("not delta: {sum:?}"));
-                                }
-                                for point in &sum.data_points {
-                                    if let Some(Point::AsInt(v)) = point.value {
-                                        total += v;
-                                    }
-                                }
-                            }
+                for metric in metrics_named(&requests, "sluice_collector_events_accepted_total") {
+                    let Some(Data::Sum(sum)) = &metric.data else {
+                        return Err(format!("not a sum: {metric:?}"));
+                    };
+                    if sum.aggregation_temporality != AggregationTemporality::Delta as i32 {
+                        return Err(format!("not delta: {sum:?}"));
+                    }
+                    for point in &sum.data_points {
+                        if let Some(Point::AsInt(v)) = point.value {
+                            total += v;
                         }
                     }
                 }
@@ -1471,13 +1473,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
             async move {
                 let count = |name: &str, label: Option<(&str, &str)>| -> Result<u64, String> {
                     let mut total = 0;
-                    for metric in requests
-                        .iter()
-                        .flat_map(|r| &r.resource_metrics)
-                        .flat_map(|r| &r.scope_metrics)
-                        .flat_map(|s| &s.metrics)
-                        .filter(|m| m.name == name)
-                    {
+                    for metric in metrics_named(&requests, name) {
                         let Some(Data::Histogram(histogram)) = &metric.data else {
                             return Err(format!("not a histogram: {metric:?}"));
                         };
