@@ -1541,6 +1541,8 @@ async fn an_unreachable_telemetry_endpoint_does_not_stop_the_pipeline() {
         &[
             ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
             ("OTEL_METRIC_EXPORT_INTERVAL", "100"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_always_on"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "100"),
         ],
     );
     for round in 0..3 {
@@ -1554,20 +1556,23 @@ async fn an_unreachable_telemetry_endpoint_does_not_stop_the_pipeline() {
     }
     wait_for(
         Duration::from_secs(30),
-        "failed exports to be counted",
+        "failed metric and span exports to be counted",
         || {
             let url = sluice.url.clone();
             async move {
                 let text = metrics_text(&url).await;
-                let failures: f64 = text
-                    .lines()
-                    .find(|l| l.starts_with("sluice_telemetry_export_failures_total"))
-                    .and_then(|l| l.rsplit(' ').next()?.parse().ok())
-                    .unwrap_or(0.0);
-                if failures > 0.0 {
+                let failures = |signal: &str| -> f64 {
+                    let series =
+                        format!("sluice_telemetry_export_failures_total{{signal=\"{signal}\"}}");
+                    text.lines()
+                        .find(|l| l.starts_with(&series))
+                        .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+                        .unwrap_or(0.0)
+                };
+                if failures("metrics") > 0.0 && failures("traces") > 0.0 {
                     Ok(())
                 } else {
-                    Err("no failure counted yet".into())
+                    Err(format!("not both counted yet:\n{text}"))
                 }
             }
         },

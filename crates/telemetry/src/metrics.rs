@@ -33,7 +33,7 @@ metrics! {
         "Time since a shard's checkpoint last moved, by application and shard.";
     Counter TELEMETRY_EXPORT_FAILURES
         "sluice_telemetry_export_failures_total"
-        "OTLP exports that failed (the telemetry was dropped; the pipeline goes on).";
+        "OTLP exports that failed, by signal (metrics, traces): that telemetry was dropped; the pipeline goes on.";
     Counter COLLECTOR_REQUESTS
         "sluice_collector_requests_total"
         "HTTP requests to the collector, by status code.";

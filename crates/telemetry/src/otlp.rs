@@ -50,7 +50,9 @@ impl PushMetricExporter for Counted {
     async fn export(&self, batch: &ResourceMetrics) -> OTelSdkResult {
         let result = self.0.export(batch).await;
         if result.is_err() {
-            metrics::TELEMETRY_EXPORT_FAILURES.counter(&[]).inc();
+            metrics::TELEMETRY_EXPORT_FAILURES
+                .counter(&[("signal", "metrics")])
+                .inc();
         }
         result
     }
@@ -76,6 +78,32 @@ pub const DEFAULT_TRACE_RATIO: f64 = 0.01;
 /// `OTEL_TRACES_SAMPLER_ARG`, ...) chooses otherwise.
 pub fn default_sampler() -> Sampler {
     Sampler::ParentBased(Box::new(Sampler::TraceIdRatioBased(DEFAULT_TRACE_RATIO)))
+}
+
+/// Counts failed span exports around the OTLP exporter: the spans of a
+/// failed batch are dropped (the batch processor's queue is bounded too).
+#[derive(Debug)]
+struct CountedSpans(SpanExporter);
+
+impl opentelemetry_sdk::trace::SpanExporter for CountedSpans {
+    async fn export(&self, batch: Vec<opentelemetry_sdk::trace::SpanData>) -> OTelSdkResult {
+        let result = self.0.export(batch).await;
+        if result.is_err() {
+            metrics::TELEMETRY_EXPORT_FAILURES
+                .counter(&[("signal", "traces")])
+                .inc();
+        }
+        result
+    }
+    fn shutdown_with_timeout(&self, timeout: Duration) -> OTelSdkResult {
+        self.0.shutdown_with_timeout(timeout)
+    }
+    fn force_flush(&self) -> OTelSdkResult {
+        self.0.force_flush()
+    }
+    fn set_resource(&mut self, resource: &Resource) {
+        self.0.set_resource(resource);
+    }
 }
 
 fn endpoint_configured() -> bool {
@@ -144,7 +172,7 @@ impl Telemetry {
         {
             Ok(exporter) => {
                 let mut builder = SdkTracerProvider::builder()
-                    .with_batch_exporter(exporter)
+                    .with_batch_exporter(CountedSpans(exporter))
                     .with_resource(resource.clone());
                 if std::env::var_os("OTEL_TRACES_SAMPLER").is_none() {
                     builder = builder.with_sampler(default_sampler());
