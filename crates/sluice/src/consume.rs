@@ -89,6 +89,8 @@ pub struct ConsumeOptions {
     pub worker_id: String,
     pub failover: Duration,
     pub initial_position: InitialPosition,
+    /// Serve `GET /metrics` (Prometheus) here while consuming.
+    pub metrics_listen: Option<std::net::SocketAddr>,
 }
 
 /// Runs one worker until SIGTERM or Ctrl-C, then stops it gracefully.
@@ -109,10 +111,29 @@ pub async fn consume(
     let factory: Arc<dyn ProcessorFactory> = Arc::new(move |_: &str| -> Box<dyn RecordProcessor> {
         Box::new(PrintLines { out: out.clone() })
     });
+    let metrics = match options.metrics_listen {
+        Some(address) => {
+            let listener = tokio::net::TcpListener::bind(address)
+                .await
+                .map_err(|e| anyhow::anyhow!("--metrics-listen {address}: {e}"))?;
+            let app = axum::Router::new().route(
+                "/metrics",
+                axum::routing::get(|| async { sluice_telemetry::registry::render_prometheus() }),
+            );
+            tracing::info!(address = %listener.local_addr()?, "metrics at /metrics");
+            Some(tokio::spawn(
+                async move { axum::serve(listener, app).await },
+            ))
+        }
+        None => None,
+    };
     let worker = Worker::start(streams, tables, config, factory);
     tracing::info!(application = %options.application, stream = %options.stream, worker = %options.worker_id, "consuming");
     crate::server::shutdown_signal().await;
     worker.shutdown().await;
+    if let Some(metrics) = metrics {
+        metrics.abort();
+    }
     Ok(())
 }
 

@@ -136,6 +136,9 @@ enum Command {
         /// Where a new application starts: trim_horizon, latest, or an RFC 3339 time.
         #[arg(long, default_value = "trim_horizon")]
         from: String,
+        /// Serve this worker's metrics at http://ADDRESS/metrics (Prometheus).
+        #[arg(long, value_name = "ADDRESS")]
+        metrics_listen: Option<std::net::SocketAddr>,
     },
     /// Show a consumer application's lease table: owner, checkpoint, lag.
     Leases {
@@ -222,6 +225,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             worker_id,
             failover_ms,
             from,
+            metrics_listen,
         } => {
             let initial_position = match from.as_str() {
                 "trim_horizon" => InitialPosition::TrimHorizon,
@@ -242,6 +246,7 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                     worker_id: worker_id.unwrap_or_else(sluice::server::process_worker_id),
                     failover: std::time::Duration::from_millis(failover_ms),
                     initial_position,
+                    metrics_listen,
                 },
             )
             .await?;

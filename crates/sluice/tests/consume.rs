@@ -51,6 +51,10 @@ fn write_config(dir: &Path) -> std::path::PathBuf {
 }
 
 fn start(config: &Path, app: &str, stream: &str, worker: &str) -> Consumer {
+    start_with(config, app, stream, worker, &[])
+}
+
+fn start_with(config: &Path, app: &str, stream: &str, worker: &str, args: &[&str]) -> Consumer {
     let mut child = aws_env(&mut Command::new(env!("CARGO_BIN_EXE_sluice")))
         .args([
             "consume",
@@ -63,6 +67,7 @@ fn start(config: &Path, app: &str, stream: &str, worker: &str) -> Consumer {
         ])
         .args(["--failover-ms", &FAILOVER_MS.to_string(), "--config"])
         .arg(config)
+        .args(args)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
@@ -248,4 +253,41 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
         },
     )
     .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consume_process_serves_its_metrics_for_prometheus() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_config(dir.path());
+    let stream = format!("consume-metrics-{}", std::process::id());
+    let app = format!("{stream}-app");
+    let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
+    streams.create_stream(&stream, 2).await.unwrap();
+    let producer = Producer::start(streams.clone(), &stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    let sent = write(&producer, 0, 50).await;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("127.0.0.1:{port}");
+    let consumer = start_with(&config, &app, &stream, "m", &["--metrics-listen", &listen]);
+    wait_for(Duration::from_secs(60), "every record printed", || {
+        all_printed(&sent, &[&consumer])
+    })
+    .await;
+    let url = format!("http://{listen}/metrics");
+    let processed = format!("sluice_consumer_records_processed_total{{application=\"{app}\"}} 50");
+    let held = format!("sluice_consumer_leases_held{{application=\"{app}\",worker=\"m\"}} 2");
+    let mut text = String::new();
+    for _ in 0..100 {
+        text = reqwest::get(&url).await.unwrap().text().await.unwrap();
+        if text.contains(&processed) && text.contains(&held) {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    panic!("{processed} and {held} not in\n{text}");
 }
