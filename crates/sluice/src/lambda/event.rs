@@ -1,17 +1,17 @@
 //! The Kinesis event as Lambda delivers it, read in one pass: each record's
-//! base64 data is decoded into one buffer shared by the batch while the JSON
-//! is read, so the event text is scanned once, the records are slices of one
-//! allocation, and no record is copied on the way.
+//! base64 data is decoded while the JSON is read, into 1 MiB chunks shared
+//! by the batch, so the event text is scanned once, the records are slices
+//! of a few allocations, and no record is copied on the way.
 //!
 //! Read leniently on purpose: a record with bad base64, a value of the wrong
 //! type or a missing field must reach dead-letter on its own, not fail the
 //! decoding of its whole batch (which Lambda would retry until the record
 //! expires, stalling the shard). The one exception is `data` that is a
-//! number, a boolean, null or an object: it is read as bytes to skip a UTF-8 check of
-//! every record, and serde_json refuses those types there. Lambda always
-//! sends a string; should it not, the invocation fails with the reason and
-//! the event source mapping's bisecting and on-failure destination take
-//! over.
+//! number, a boolean, null or an object: it is read as bytes to skip a UTF-8
+//! check of every record, and serde_json refuses those types there. Lambda
+//! always sends a string; should it not, the invocation fails with the
+//! reason and the event source mapping's bisecting and on-failure
+//! destination take over.
 
 use std::fmt;
 use std::ops::Range;
