@@ -174,17 +174,44 @@ async fn write(producer: &Producer, from: usize, count: usize) -> BTreeSet<Strin
     ids
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
+/// A stream on moto with `shards` shards, a producer for it, and the
+/// config file `sluice consume` reads (kept in the returned directory).
+struct Setup {
+    _dir: tempfile::TempDir,
+    config: std::path::PathBuf,
+    stream: String,
+    app: String,
+    producer: Producer,
+}
+
+async fn setup(name: &str, shards: u32) -> Setup {
     let dir = tempfile::tempdir().unwrap();
     let config = write_config(dir.path());
-    let stream = format!("consume-{}", std::process::id());
+    let stream = format!("{name}-{}", std::process::id());
     let app = format!("{stream}-app");
     let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
-    streams.create_stream(&stream, 8).await.unwrap();
-    let producer = Producer::start(streams.clone(), &stream, ProducerConfig::default())
+    streams.create_stream(&stream, shards).await.unwrap();
+    let producer = Producer::start(streams, &stream, ProducerConfig::default())
         .await
         .unwrap();
+    Setup {
+        _dir: dir,
+        config,
+        stream,
+        app,
+        producer,
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
+    let Setup {
+        _dir,
+        config,
+        stream,
+        app,
+        producer,
+    } = setup("consume", 8).await;
     let mut sent = write(&producer, 0, 400).await;
 
     let a = start(&config, &app, &stream, "a");
@@ -257,15 +284,13 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_consume_process_serves_its_metrics_for_prometheus() {
-    let dir = tempfile::tempdir().unwrap();
-    let config = write_config(dir.path());
-    let stream = format!("consume-metrics-{}", std::process::id());
-    let app = format!("{stream}-app");
-    let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
-    streams.create_stream(&stream, 2).await.unwrap();
-    let producer = Producer::start(streams.clone(), &stream, ProducerConfig::default())
-        .await
-        .unwrap();
+    let Setup {
+        _dir,
+        config,
+        stream,
+        app,
+        producer,
+    } = setup("consume-metrics", 2).await;
     let sent = write(&producer, 0, 50).await;
     let port = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

@@ -1231,33 +1231,24 @@ type TraceRequest = opentelemetry_proto::tonic::collector::trace::v1::ExportTrac
 
 /// An OTLP/HTTP receiver: every metrics and trace request, decoded.
 async fn otlp_receiver() -> (String, Received<MetricsRequest>, Received<TraceRequest>) {
-    use prost::Message;
+    /// Decodes each request posted into `sink`.
+    fn collect<T: prost::Message + Default + Send + 'static>(
+        sink: Received<T>,
+    ) -> axum::routing::MethodRouter {
+        axum::routing::post(move |body: axum::body::Bytes| {
+            let sink = sink.clone();
+            async move {
+                let request = T::decode(body).expect("an OTLP request");
+                sink.lock().unwrap().push(request);
+                axum::http::StatusCode::OK
+            }
+        })
+    }
     let metrics: Received<MetricsRequest> = Arc::default();
     let traces: Received<TraceRequest> = Arc::default();
-    let (metric_sink, trace_sink) = (metrics.clone(), traces.clone());
     let app = axum::Router::new()
-        .route(
-            "/v1/metrics",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let sink = metric_sink.clone();
-                async move {
-                    let request = MetricsRequest::decode(body).expect("an OTLP metrics request");
-                    sink.lock().unwrap().push(request);
-                    axum::http::StatusCode::OK
-                }
-            }),
-        )
-        .route(
-            "/v1/traces",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let sink = trace_sink.clone();
-                async move {
-                    let request = TraceRequest::decode(body).expect("an OTLP trace request");
-                    sink.lock().unwrap().push(request);
-                    axum::http::StatusCode::OK
-                }
-            }),
-        );
+        .route("/v1/metrics", collect(metrics.clone()))
+        .route("/v1/traces", collect(traces.clone()));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });

@@ -83,6 +83,22 @@ async fn setup() -> (
 }
 
 /// The router worker under test, on the "checkpoints" lease table.
+/// A producer for each output stream of `rules`, writing to `streams`.
+async fn producers(
+    streams: &Arc<dyn StreamBackend>,
+    rules: &sluice_core::rules::RuleSet,
+) -> Vec<Producer> {
+    let mut producers = Vec::new();
+    for name in rules.streams() {
+        producers.push(
+            Producer::start(streams.clone(), name, ProducerConfig::default())
+                .await
+                .unwrap(),
+        );
+    }
+    producers
+}
+
 fn router(
     streams: &Arc<dyn StreamBackend>,
     table: &Arc<dyn TableBackend>,
@@ -125,14 +141,7 @@ async fn follows_splits_and_merges_keeping_order_per_key() {
             ..Faults::default()
         },
     ));
-    let mut producers = Vec::new();
-    for name in rules.streams() {
-        producers.push(
-            Producer::start(slow.clone(), name, ProducerConfig::default())
-                .await
-                .unwrap(),
-        );
-    }
+    let producers = producers(&slow, &rules).await;
     let worker = router(&streams, &table, rules, producers);
 
     let inbound = Producer::start(streams.clone(), "inbound", ProducerConfig::default())
@@ -318,14 +327,7 @@ async fn checkpoints_of_the_earlier_router_are_carried_over() {
         .unwrap();
 
     let rules = Arc::new(config.rules());
-    let mut producers = Vec::new();
-    for name in rules.streams() {
-        producers.push(
-            Producer::start(streams.clone(), name, ProducerConfig::default())
-                .await
-                .unwrap(),
-        );
-    }
+    let producers = producers(&streams, &rules).await;
     let worker = router(&streams, &table, rules, producers);
     let (stop, stopped) = watch::channel(false);
     let running = tokio::spawn(worker.run(stopped));
