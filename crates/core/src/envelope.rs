@@ -110,15 +110,32 @@ pub struct Envelope<'a> {
 /// headers are parsed: the payload is not read, not even its last byte, so
 /// the cost does not depend on its size. Otherwise the whole record is parsed.
 pub fn decode_headers(data: &[u8]) -> Result<Headers<'_>, EnvelopeError> {
-    match fast_path(data) {
-        Some(result) => result.map(|(headers, _)| headers),
-        None => slow_path(data).map(|envelope| envelope.headers),
+    let mut headers = Headers {
+        entries: Vec::with_capacity(12),
+    };
+    decode_headers_into(data, &mut headers)?;
+    Ok(headers)
+}
+
+/// [`decode_headers`] into `headers`, replacing what it held and keeping
+/// its allocation: for a loop over the records of a batch.
+pub fn decode_headers_into<'a>(
+    data: &'a [u8],
+    headers: &mut Headers<'a>,
+) -> Result<(), EnvelopeError> {
+    match fast_path(data, headers) {
+        Some(result) => result.map(|_| ()),
+        None => {
+            *headers = slow_path(data)?.headers;
+            Ok(())
+        }
     }
 }
 
 /// Decodes a whole envelope, checking the payload is one JSON value.
 pub fn decode(data: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
-    let (headers, rest) = match fast_path(data) {
+    let mut headers = Headers::default();
+    let rest = match fast_path(data, &mut headers) {
         Some(result) => result?,
         None => return slow_path(data),
     };
@@ -234,8 +251,9 @@ enum Rest {
     Payload(usize),
 }
 
-/// The header-only path. `None` means "headers are not first": take the slow path.
-fn fast_path(data: &[u8]) -> Option<Result<(Headers<'_>, Rest), EnvelopeError>> {
+/// The header-only path, into `headers`. `None` means "headers are not
+/// first": take the slow path.
+fn fast_path<'a>(data: &'a [u8], headers: &mut Headers<'a>) -> Option<Result<Rest, EnvelopeError>> {
     let pos = skip_ws(data, 0);
     let pos = expect(data, pos, b"{")?;
     let pos = skip_ws(data, pos);
@@ -248,13 +266,16 @@ fn fast_path(data: &[u8]) -> Option<Result<(Headers<'_>, Rest), EnvelopeError>> 
             "headers must be a JSON object".into(),
         )));
     }
-    let (headers, end) = match scan_headers(data, pos) {
-        Some(found) => found,
+    let end = match scan_headers(data, pos, &mut headers.entries) {
+        Some(end) => end,
         None => {
             let mut stream =
                 serde_json::Deserializer::from_slice(&data[pos..]).into_iter::<Headers>();
             match stream.next() {
-                Some(Ok(headers)) => (headers, pos + stream.byte_offset()),
+                Some(Ok(parsed)) => {
+                    *headers = parsed;
+                    pos + stream.byte_offset()
+                }
                 Some(Err(e)) if e.is_data() => {
                     return Some(Err(EnvelopeError::BadHeaders(e.to_string())))
                 }
@@ -265,123 +286,166 @@ fn fast_path(data: &[u8]) -> Option<Result<(Headers<'_>, Rest), EnvelopeError>> 
     };
     let after = skip_ws(data, end);
     match data.get(after) {
-        Some(b'}') => Some(Ok((headers, Rest::End(after)))),
+        Some(b'}') => Some(Ok(Rest::End(after))),
         Some(b',') => {
             let pos = skip_ws(data, after + 1);
             let pos = expect(data, pos, b"\"payload\"")?;
             let pos = skip_ws(data, pos);
             let pos = expect(data, pos, b":")?;
-            Some(Ok((headers, Rest::Payload(skip_ws(data, pos)))))
+            Some(Ok(Rest::Payload(skip_ws(data, pos))))
         }
         _ => None,
     }
 }
 
+/// How much of a record is checked as UTF-8 for the header scanner at
+/// first: enough for the headers of almost every envelope, so the payload is
+/// not read.
+const SCANNED_PREFIX: usize = 384;
+
 /// Reads a headers object at `pos` the way almost every envelope is
 /// written: a flat object of plain keys, and string values without escapes,
-/// integers or booleans. The headers and the position after the object, or
-/// `None` for anything else (escapes, fractions, nesting, a duplicate name,
-/// bad syntax), which the caller hands to serde_json for the same answer or
-/// the precise error. Routing reads the headers of every record, and this
-/// costs a fraction of a general JSON parse.
-fn scan_headers(data: &[u8], pos: usize) -> Option<(Headers<'_>, usize)> {
+/// numbers or booleans, into `entries` (cleared first). The position after
+/// the object, or `None` for anything else (escapes, nesting, a duplicate
+/// name, bad syntax), which the caller hands to serde_json for the same
+/// answer or the precise error. Routing reads the headers of every record,
+/// and this costs a fraction of a general JSON parse: strings are found
+/// eight bytes at a time, and the text is checked as UTF-8 in one go, first
+/// a prefix and, for headers longer than that, the whole record.
+fn scan_headers<'a>(
+    data: &'a [u8],
+    pos: usize,
+    entries: &mut Vec<(Cow<'a, str>, HeaderValue<'a>)>,
+) -> Option<usize> {
+    let prefix = &data[..data.len().min(pos + SCANNED_PREFIX)];
+    let text = match std::str::from_utf8(prefix) {
+        Ok(text) => text,
+        // A character cut by the end of the prefix, or bad UTF-8 later on.
+        Err(error) => std::str::from_utf8(&prefix[..error.valid_up_to()]).ok()?,
+    };
+    match scan_headers_in(text, pos, entries) {
+        Some(end) => Some(end),
+        None if text.len() < data.len() => {
+            scan_headers_in(std::str::from_utf8(data).ok()?, pos, entries)
+        }
+        None => None,
+    }
+}
+
+/// [`scan_headers`] over text already checked as UTF-8.
+fn scan_headers_in<'a>(
+    text: &'a str,
+    pos: usize,
+    entries: &mut Vec<(Cow<'a, str>, HeaderValue<'a>)>,
+) -> Option<usize> {
+    entries.clear();
+    let data = text.as_bytes();
     let mut pos = skip_ws(data, expect(data, pos, b"{")?);
-    let mut entries: Vec<(Cow<'_, str>, HeaderValue<'_>)> = Vec::with_capacity(12);
     if data.get(pos) == Some(&b'}') {
-        return Some((Headers { entries }, pos + 1));
+        return Some(pos + 1);
     }
     loop {
-        let (name, next) = scan_string(data, pos)?;
-        pos = skip_ws(data, expect(data, skip_ws(data, next), b":")?);
+        let (name_start, name_end) = scan_string(data, pos)?;
+        let name = text.get(name_start..name_end)?;
+        pos = skip_ws(data, expect(data, skip_ws(data, name_end + 1), b":")?);
         let (value, next) = match *data.get(pos)? {
             b'"' => {
-                let (text, next) = scan_string(data, pos)?;
-                (HeaderValue::Str(Cow::Borrowed(text)), next)
+                let (start, end) = scan_string(data, pos)?;
+                (
+                    HeaderValue::Str(Cow::Borrowed(text.get(start..end)?)),
+                    end + 1,
+                )
             }
             b't' => (HeaderValue::Bool(true), expect(data, pos, b"true")?),
             b'f' => (HeaderValue::Bool(false), expect(data, pos, b"false")?),
-            b'-' | b'0'..=b'9' => scan_integer(data, pos)?,
+            b'-' | b'0'..=b'9' => match scan_integer(data, pos) {
+                Some(found) => found,
+                None => scan_fraction(data, pos)?,
+            },
             _ => return None,
         };
-        if entries.iter().any(|(key, _)| key == name) {
+        // Pushed first, then checked: written straight from registers.
+        entries.push((Cow::Borrowed(name), value));
+        let (new, seen) = entries.split_last().expect("just pushed");
+        if seen
+            .iter()
+            .any(|(other, _)| other.len() == name.len() && *other == new.0)
+        {
             return None;
         }
-        entries.push((Cow::Borrowed(name), value));
         pos = skip_ws(data, next);
         match *data.get(pos)? {
             b',' => pos = skip_ws(data, pos + 1),
-            b'}' => return Some((Headers { entries }, pos + 1)),
+            b'}' => return Some(pos + 1),
             _ => return None,
         }
     }
 }
 
 /// A string without escapes or control characters at `pos` (its opening
-/// quote), and the position after its closing quote.
-fn scan_string(data: &[u8], pos: usize) -> Option<(&str, usize)> {
+/// quote): where its text starts and ends (the closing quote).
+fn scan_string(data: &[u8], pos: usize) -> Option<(usize, usize)> {
     let start = expect(data, pos, b"\"")?;
-    let mut end = start;
-    // Eight bytes at a time while they are plain ASCII: no quote, backslash,
-    // control character or byte of a multi-byte character.
-    while let Some(chunk) = data.get(end..end + 8) {
-        let word = u64::from_le_bytes(chunk.try_into().expect("eight bytes"));
-        if has_zero_byte(word ^ splat(b'"'))
-            || has_zero_byte(word ^ splat(b'\\'))
-            || has_byte_below(word, 0x20)
-            || word & splat(0x80) != 0
-        {
-            break;
-        }
-        end += 8;
-    }
-    loop {
-        match *data.get(end)? {
-            b'"' => break,
-            b'\\' | 0..=0x1f => return None,
-            _ => end += 1,
+    let mut end = crate::json::plain_ascii_end(data, start);
+    if data.get(end)? & 0x80 != 0 {
+        // Not ASCII: the rest bytewise.
+        while !matches!(*data.get(end)?, b'"' | b'\\' | 0..=0x1f) {
+            end += 1;
         }
     }
-    let text = std::str::from_utf8(&data[start..end]).ok()?;
-    Some((text, end + 1))
+    (data[end] == b'"').then_some((start, end))
 }
 
-const fn splat(byte: u8) -> u64 {
-    u64::from_ne_bytes([byte; 8])
-}
-
-fn has_zero_byte(word: u64) -> bool {
-    word.wrapping_sub(splat(0x01)) & !word & splat(0x80) != 0
-}
-
-/// Whether any byte of `word` is below `limit` (at most 0x80).
-fn has_byte_below(word: u64, limit: u8) -> bool {
-    word.wrapping_sub(splat(limit)) & !word & splat(0x80) != 0
-}
-
-/// A JSON integer at `pos` that fits 64 bits, read as serde_json reads it.
-fn scan_integer(data: &[u8], pos: usize) -> Option<(HeaderValue<'_>, usize)> {
-    let digits_from = pos + usize::from(data[pos] == b'-');
-    let digits = data[digits_from..]
-        .iter()
-        .take_while(|b| b.is_ascii_digit())
-        .count();
-    let end = digits_from + digits;
+/// A JSON integer at `pos` that fits 64 bits, read as serde_json reads it
+/// (an unsigned or a signed 64-bit integer, as f64), and the position after
+/// it; `None` for anything else.
+fn scan_integer(data: &[u8], pos: usize) -> Option<(HeaderValue<'static>, usize)> {
+    let negative = data[pos] == b'-';
+    let digits_from = pos + usize::from(negative);
+    let mut end = digits_from;
+    let mut magnitude: u64 = 0;
+    while let Some(digit) = data.get(end).filter(|b| b.is_ascii_digit()) {
+        magnitude = magnitude
+            .checked_mul(10)?
+            .checked_add(u64::from(digit - b'0'))?;
+        end += 1;
+    }
+    let digits = end - digits_from;
     let leading_zero = digits > 1 && data[digits_from] == b'0';
-    let negative_zero = data[pos] == b'-' && digits == 1 && data[digits_from] == b'0';
     if digits == 0
         || leading_zero
-        || negative_zero
+        || (negative && magnitude == 0)
         || matches!(data.get(end), Some(b'.' | b'e' | b'E'))
     {
         return None;
     }
-    let text = std::str::from_utf8(&data[pos..end]).ok()?;
-    let number = if data[pos] == b'-' {
-        text.parse::<i64>().ok()? as f64
+    let number = if negative {
+        // As an i64: down to -2^63.
+        if magnitude > 1 << 63 {
+            return None;
+        }
+        -(magnitude as f64)
     } else {
-        text.parse::<u64>().ok()? as f64
+        magnitude as f64
     };
     Some((HeaderValue::Num(number), end))
+}
+
+/// A JSON number with a fraction or an exponent at `pos`, read by
+/// serde_json exactly as the slow path reads it, and the position after it.
+fn scan_fraction(data: &[u8], pos: usize) -> Option<(HeaderValue<'static>, usize)> {
+    let length = data[pos..]
+        .iter()
+        .take_while(|b| matches!(b, b'0'..=b'9' | b'-' | b'+' | b'.' | b'e' | b'E'))
+        .count();
+    let text = &data[pos..pos + length];
+    if !text.iter().any(|b| matches!(b, b'.' | b'e' | b'E')) {
+        return None;
+    }
+    match serde_json::from_slice::<HeaderValue>(text) {
+        Ok(HeaderValue::Num(number)) => Some((HeaderValue::Num(number), pos + length)),
+        _ => None,
+    }
 }
 
 /// Position of the object's closing brace (the last non-space byte).
@@ -527,6 +591,13 @@ impl<'de: 'a, 'a> Deserialize<'de> for Headers<'a> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    /// The header scanner's answer: headers and the position after them.
+    fn scan(data: &[u8]) -> Option<(Headers<'_>, usize)> {
+        let mut entries = Vec::new();
+        let end = scan_headers(data, 0, &mut entries)?;
+        Some((Headers { entries }, end))
+    }
 
     fn header<'a>(headers: &'a Headers, name: &str) -> Option<&'a HeaderValue<'a>> {
         headers.get(name)
@@ -675,7 +746,7 @@ mod tests {
                 .collect();
             let separator = if spaced { " ,\n " } else { "," };
             let text = format!("{{{}}}", members.join(separator));
-            let scanned = scan_headers(text.as_bytes(), 0);
+            let scanned = scan(text.as_bytes());
             let parsed = serde_json::from_str::<Headers>(&text);
             if let Some((headers, end)) = &scanned {
                 prop_assert_eq!(Some(headers), parsed.as_ref().ok());
@@ -686,7 +757,7 @@ mod tests {
                 plain_text(k)
                     && match v {
                         serde_json::Value::String(t) => plain_text(t),
-                        serde_json::Value::Number(n) => !n.is_f64(),
+                        serde_json::Value::Number(_) => true,
                         serde_json::Value::Bool(_) => true,
                         _ => false,
                     }
@@ -699,17 +770,45 @@ mod tests {
     }
 
     #[test]
-    fn header_scanner_leaves_unusual_numbers_to_serde_json() {
+    fn header_scanner_reads_headers_longer_than_its_first_utf8_check() {
+        let long = "\u{e9}".repeat(SCANNED_PREFIX);
+        for value in [long.as_str(), &long[..200]] {
+            let record =
+                format!(r#"{{"headers":{{"type":"t","v":"{value}","n":2}},"payload":{{}}}}"#);
+            let (headers, _) = scan(&record.as_bytes()[11..]).unwrap();
+            assert_eq!(headers.get("v"), Some(&HeaderValue::Str(value.into())));
+            assert_eq!(headers.get("n"), Some(&HeaderValue::Num(2.0)));
+        }
+        // Bytes that are not UTF-8 after the headers do not matter to them.
+        let mut record = br#"{"headers":{"type":"t"},"payload":""#.to_vec();
+        record.extend_from_slice(&[0xff; 600]);
+        assert_eq!(
+            decode_headers(&record).unwrap().get("type"),
+            Some(&HeaderValue::Str("t".into()))
+        );
+    }
+
+    #[test]
+    fn header_scanner_reads_fractions_as_serde_json_does_and_leaves_odd_numbers_to_it() {
         for text in [
             r#"{"a":-0}"#,
-            r#"{"a":1.5}"#,
-            r#"{"a":1e3}"#,
             r#"{"a":01}"#,
+            r#"{"a":1.}"#,
+            r#"{"a":1.5.2}"#,
             r#"{"a":18446744073709551616}"#,
         ] {
-            assert!(scan_headers(text.as_bytes(), 0).is_none(), "{text}");
+            assert!(scan(text.as_bytes()).is_none(), "{text}");
         }
-        let (headers, _) = scan_headers(br#"{ "a" : -12 , "b":true,"c":"x"}"#, 0).unwrap();
+        for (text, number) in [
+            (r#"{"a":1.5}"#, 1.5),
+            (r#"{"a":-301.42}"#, -301.42),
+            (r#"{"a":1e3}"#, 1000.0),
+            (r#"{"a":2.5E-3}"#, 0.0025),
+        ] {
+            let (headers, _) = scan(text.as_bytes()).unwrap();
+            assert_eq!(headers.get("a"), Some(&HeaderValue::Num(number)), "{text}");
+        }
+        let (headers, _) = scan(br#"{ "a" : -12 , "b":true,"c":"x"}"#).unwrap();
         assert_eq!(headers.get("a"), Some(&HeaderValue::Num(-12.0)));
         assert_eq!(headers.get("b"), Some(&HeaderValue::Bool(true)));
         assert_eq!(headers.get("c"), Some(&HeaderValue::Str("x".into())));

@@ -7,6 +7,7 @@
 pub mod aggregate;
 pub mod envelope;
 pub mod hash;
+pub mod json;
 pub mod limits;
 pub mod retry;
 pub mod router;

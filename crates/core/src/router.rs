@@ -13,7 +13,7 @@ use base64::Engine;
 use bytes::Bytes;
 
 use crate::aggregate::{self, AggregateError};
-use crate::envelope::{decode_headers, EnvelopeError};
+use crate::envelope::{decode_headers_into, EnvelopeError, Headers};
 use crate::limits::MAX_RECORD_BYTES;
 use crate::rules::{Decision, RuleSet};
 use crate::stream::{PartitionKey, PutRecord, Record};
@@ -170,17 +170,19 @@ pub fn route_batch(rules: &RuleSet, options: &RouterOptions, records: &[Record])
     let mut counts = vec![0usize; rules.streams().len()];
     counts[rules.dead_letter_stream()] += corrupt.len();
     let (mut targets, mut matched) = (Vec::new(), Vec::new());
+    // One allocation for every record's headers.
+    let mut headers = Headers::default();
     for (index, unit) in units.iter().enumerate() {
-        let headers = if unit.data.len() > options.max_record_bytes {
+        let decoded = if unit.data.len() > options.max_record_bytes {
             Err(DeadLetterReason::TooLarge {
                 size: unit.data.len(),
                 limit: options.max_record_bytes,
             })
         } else {
-            decode_headers(&unit.data).map_err(DeadLetterReason::NotEnvelope)
+            decode_headers_into(&unit.data, &mut headers).map_err(DeadLetterReason::NotEnvelope)
         };
-        match headers {
-            Ok(headers) => {
+        match decoded {
+            Ok(()) => {
                 let gathering =
                     options.trace_context && batch.traceparents.len() < MAX_TRACE_CONTEXTS;
                 if let Some(crate::envelope::HeaderValue::Str(tp)) =

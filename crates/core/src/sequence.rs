@@ -15,10 +15,16 @@ pub struct SequenceNumber(String);
 impl SequenceNumber {
     /// Accepts a non-empty run of ASCII digits.
     pub fn parse(text: &str) -> Option<Self> {
-        if text.is_empty() || text.len() > 128 || !text.bytes().all(|b| b.is_ascii_digit()) {
+        Self::from_digits(text.as_bytes())
+    }
+
+    /// [`SequenceNumber::parse`] of text given as bytes (as a JSON reader
+    /// finds it).
+    pub fn from_digits(text: &[u8]) -> Option<Self> {
+        if text.is_empty() || text.len() > 128 || !crate::json::all_digits(text) {
             return None;
         }
-        Some(Self(text.to_owned()))
+        String::from_utf8(text.to_vec()).ok().map(Self)
     }
 
     pub fn from_u64(value: u64) -> Self {

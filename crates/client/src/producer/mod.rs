@@ -303,9 +303,17 @@ impl Producer {
 /// One PutRecords entry: a user record, or several of one lane packed into
 /// a KPL aggregate that succeeds or fails as one.
 struct Entry {
-    record: PutRecord,
+    /// The aggregate, when the entry packs several records.
+    aggregate: Option<PutRecord>,
     /// Held inline when alone, the usual case without aggregation.
     members: SmallVec<[Pending; 1]>,
+}
+
+impl Entry {
+    /// What the entry puts: its aggregate, or its one record.
+    fn record(&self) -> &PutRecord {
+        self.aggregate.as_ref().unwrap_or(&self.members[0].record)
+    }
 }
 
 /// The entries of the next call, within the call's limits.
@@ -330,7 +338,8 @@ impl CallBuilder {
     }
 
     fn push(&mut self, entry: Entry) {
-        self.bytes += put_entry_bytes(&entry.record.partition_key, entry.record.data.len());
+        let record = entry.record();
+        self.bytes += put_entry_bytes(&record.partition_key, record.data.len());
         for member in &entry.members {
             self.keys.insert(member.key);
         }
@@ -398,19 +407,15 @@ impl Packing {
         let mut members = std::mem::take(&mut self.members);
         let data = self.aggregator.finish();
         let first = members.first()?;
-        let record = if members.len() == 1 {
-            first.record.clone()
-        } else {
-            // The aggregate goes where its first record goes.
-            PutRecord {
-                partition_key: first.record.partition_key.clone(),
-                explicit_hash_key: Some(first.hash),
-                data,
-            }
-        };
+        // The aggregate goes where its first record goes.
+        let aggregate = (members.len() > 1).then(|| PutRecord {
+            partition_key: first.record.partition_key.clone(),
+            explicit_hash_key: Some(first.hash),
+            data,
+        });
         members.shrink_to_fit();
         Some(Entry {
-            record,
+            aggregate,
             members: SmallVec::from_vec(members),
         })
     }
@@ -470,7 +475,7 @@ fn take_from_lane(
             packing.add(pending);
         } else {
             call.push(Entry {
-                record: pending.record.clone(),
+                aggregate: None,
                 members: smallvec![pending],
             });
         }
@@ -535,7 +540,10 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
     let count = state.lanes.len();
     let mut call = CallBuilder {
         entries: Vec::with_capacity(waiting.min(inner.config.max_batch_records)),
-        keys: HashSet::default(),
+        keys: HashSet::with_capacity_and_hasher(
+            waiting.min(inner.config.max_batch_records),
+            Default::default(),
+        ),
         bytes: 0,
         max_entries: inner.config.max_batch_records,
         max_bytes: inner.config.max_batch_bytes,
@@ -604,7 +612,7 @@ async fn dispatch(inner: Arc<Inner>) {
 
 /// One PutRecords call; failed entries go back to the front of their lanes.
 async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
-    let records: Vec<PutRecord> = entries.iter().map(|e| e.record.clone()).collect();
+    let records: Vec<PutRecord> = entries.iter().map(|e| e.record().clone()).collect();
     tracing::trace!(stream = %inner.stream, entries = records.len(), "PutRecords");
     inner.calls.inc();
     let started = Instant::now();

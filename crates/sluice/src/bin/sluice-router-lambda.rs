@@ -15,9 +15,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
-use lambda_runtime::{service_fn, Error, LambdaEvent};
+use lambda_runtime::{layers::TracingLayer, service_fn, Error, LambdaEvent, Runtime};
 use sluice::config::BackendConfig;
-use sluice::lambda::{config_from_env, otlp_token_header, KinesisBatch, LambdaRouter};
+use sluice::lambda::{
+    config_from_env, otlp_token_header, take_event, LambdaRouter, ReadKinesisEvents, Unread,
+};
 use sluice_backends::aws::AwsSettings;
 use sluice_telemetry::{LogFormat, Telemetry};
 
@@ -83,14 +85,15 @@ async fn main() -> ExitCode {
     let streams = sluice::server::with_faults(Arc::new(streams), &config);
     let router = Arc::new(LambdaRouter::new(&config, streams, margin));
     tracing::info!(outputs = ?config.rules().streams(), "router ready");
-    // The event is read in one pass, its data decoded on the way (see
-    // sluice::lambda::KinesisBatch); an event that is not a Kinesis event
-    // fails the invocation with the reason.
-    let handler = service_fn(move |event: LambdaEvent<KinesisBatch>| {
+    // Each event is read straight from the invocation's body, in one pass
+    // (see sluice::lambda::ReadKinesisEvents); an event that is not a
+    // Kinesis event fails the invocation with the reason.
+    let handler = service_fn(move |event: LambdaEvent<Unread>| {
         let (router, telemetry) = (router.clone(), telemetry.clone());
         async move {
+            let input = take_event()?;
             let deadline = router.delivery_deadline(event.context.deadline);
-            let response = router.handle(event.payload, deadline).await;
+            let response = router.handle(input, deadline).await;
             // Metrics leave before the answer: the sandbox may freeze after it.
             if telemetry.enabled() {
                 let telemetry = telemetry.clone();
@@ -99,7 +102,10 @@ async fn main() -> ExitCode {
             Ok::<_, Error>(response)
         }
     });
-    match lambda_runtime::run(handler).await {
+    let runtime = Runtime::new(handler)
+        .layer(TracingLayer::new())
+        .layer(ReadKinesisEvents);
+    match runtime.run().await {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             tracing::error!(error = %error, "the Lambda runtime stopped");

@@ -11,9 +11,11 @@
 //! never fails the batch.
 
 mod event;
+mod invocation;
 pub mod runtime_api;
 
-pub use event::{InputRecord, KinesisBatch};
+pub use event::{EventError, KinesisBatch, Rejected};
+pub use invocation::{take_event, ReadKinesisEvent, ReadKinesisEvents, Unread};
 
 use std::borrow::Cow;
 use std::path::Path;
@@ -188,55 +190,43 @@ impl LambdaRouter {
         deadline: Instant,
     ) -> (Summary, Option<String>) {
         let dead_letter_stream = self.rules.dead_letter_stream();
-        let mut records = Vec::with_capacity(input.records.len());
-        // Input position of each record in `records`.
-        let mut positions = Vec::with_capacity(input.records.len());
-        let mut undecodable = Vec::new();
-        for (position, entry) in input.records.iter().enumerate() {
-            match decode_record(entry) {
-                Ok(record) => {
-                    records.push(record);
-                    positions.push(position as u32);
+        let mut batch = route_batch(&self.rules, &self.options, &input.records);
+        if !input.rejected.is_empty() {
+            for sources in &mut batch.sources {
+                for source in sources.iter_mut() {
+                    *source = input.position(*source as usize);
                 }
-                Err(reason) => undecodable.push((position as u32, reason)),
             }
         }
-        let mut batch = route_batch(&self.rules, &self.options, &records);
-        for sources in &mut batch.sources {
-            for source in sources.iter_mut() {
-                *source = positions[*source as usize];
-            }
-        }
-        for (position, reason) in undecodable {
-            let raw = &input.records[position as usize];
+        for rejected in &input.rejected {
             let record = Record {
-                sequence_number: SequenceNumber::parse(&raw.sequence_number)
+                sequence_number: SequenceNumber::parse(&rejected.sequence_number)
                     .unwrap_or_else(|| SequenceNumber::from_u64(0)),
-                partition_key: if raw.partition_key.is_empty() {
+                partition_key: if rejected.partition_key.is_empty() {
                     "undecodable".into()
                 } else {
-                    raw.partition_key.clone()
+                    rejected.partition_key.clone()
                 },
-                data: raw.data.clone().unwrap_or_default(),
+                data: rejected.data.clone(),
                 arrival_ms: 0,
             };
             let unit = Unit {
                 record: &record,
-                source: position,
+                source: rejected.position,
                 sub_sequence: None,
                 partition_key: record.partition_key.clone(),
                 data: Cow::Borrowed(&record.data),
             };
-            let reason = DeadLetterReason::BadRecord(reason);
+            let reason = DeadLetterReason::BadRecord(rejected.reason.clone());
             batch.dead_letters.push((reason.code(), 1));
             batch.outputs[dead_letter_stream].push(dead_letter(&self.options, &unit, &reason));
-            batch.sources[dead_letter_stream].push(position);
+            batch.sources[dead_letter_stream].push(rejected.position);
         }
-        count_batch(&self.rules, input.records.len(), &batch);
+        count_batch(&self.rules, input.len(), &batch);
         let _spans = crate::router::trace_batch(&batch);
 
         let mut summary = Summary {
-            records: input.records.len(),
+            records: input.len(),
             outputs: batch.outputs.iter().map(Vec::len).sum(),
             dead_lettered: batch.outputs[dead_letter_stream].len(),
             first_failed: None,
@@ -257,7 +247,7 @@ impl LambdaRouter {
         }
         let retry_from = summary
             .first_failed
-            .map(|i| input.records[i].sequence_number.clone());
+            .map(|i| input.sequence_number(i as u32).to_owned());
         (summary, retry_from)
     }
 
@@ -288,24 +278,4 @@ impl LambdaRouter {
         tracing::error!(stream = %stream, failed, error = %error, "records not delivered; Lambda will retry the batch from the first of them");
         Some(position)
     }
-}
-
-/// A Lambda Kinesis record as a stream record, or what is wrong with it.
-fn decode_record(input: &InputRecord) -> Result<Record, String> {
-    let sequence_number = SequenceNumber::parse(&input.sequence_number).ok_or_else(|| {
-        format!(
-            "sequence number {:?} is not a decimal number",
-            input.sequence_number
-        )
-    })?;
-    let data = input.data.clone()?;
-    if input.partition_key.is_empty() {
-        return Err("no partition key".into());
-    }
-    Ok(Record {
-        sequence_number,
-        partition_key: input.partition_key.clone(),
-        data,
-        arrival_ms: input.arrival_ms,
-    })
 }
