@@ -93,30 +93,37 @@ impl Retryable for ProduceError {
     }
 }
 
-type Outcomes = Vec<Result<(), ProduceError>>;
+/// The records of one [`Producer::send_each`] that were not delivered: each
+/// one's position in the call and why, in order of position.
+pub type Undelivered = Vec<(usize, ProduceError)>;
 
-/// Completion of one `send`: resolves once every record is resolved, with
-/// each record's outcome.
-/// One `send_each`: its records' outcomes, and what they share.
+/// One `send_each`: what its records share, and the failures so far.
 struct Completion {
     /// When the records were handed over.
     since: Instant,
     /// Given up when not stored by then.
     deadline: Instant,
     remaining: AtomicUsize,
-    outcomes: Mutex<Outcomes>,
-    done: Mutex<Option<oneshot::Sender<Outcomes>>>,
+    failed: Mutex<Undelivered>,
+    done: Mutex<Option<oneshot::Sender<Undelivered>>>,
 }
 
 impl Completion {
-    fn resolve(&self, index: u32, outcome: Result<(), ProduceError>) {
-        if outcome.is_err() {
-            self.outcomes.lock().expect("completion lock")[index as usize] = outcome;
-        }
-        if self.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
-            let outcomes = std::mem::take(&mut *self.outcomes.lock().expect("completion lock"));
+    fn fail(&self, index: u32, error: ProduceError) {
+        self.failed
+            .lock()
+            .expect("completion lock")
+            .push((index as usize, error));
+        self.resolved(1);
+    }
+
+    /// `count` more records are resolved (stored, or failed and noted).
+    fn resolved(&self, count: usize) {
+        if self.remaining.fetch_sub(count, Ordering::AcqRel) == count {
+            let mut failed = std::mem::take(&mut *self.failed.lock().expect("completion lock"));
+            failed.sort_unstable_by_key(|(index, _)| *index);
             if let Some(done) = self.done.lock().expect("completion lock").take() {
-                let _ = done.send(outcomes);
+                let _ = done.send(failed);
             }
         }
     }
@@ -136,8 +143,8 @@ struct Pending {
 }
 
 impl Pending {
-    fn resolve(self, outcome: Result<(), ProduceError>) {
-        self.completion.resolve(self.index, outcome);
+    fn fail(self, error: ProduceError) {
+        self.completion.fail(self.index, error);
     }
 }
 
@@ -243,28 +250,32 @@ impl Producer {
     /// in the order given here, across calls as well.
     pub async fn send(&self, records: Vec<PutRecord>) -> Result<(), ProduceError> {
         let deadline = Instant::now() + self.inner.config.backoff.max_elapsed();
-        let outcomes = self.send_each(records, deadline).await;
-        outcomes.into_iter().find(Result::is_err).unwrap_or(Ok(()))
+        let undelivered = self.send_each(records, deadline).await;
+        match undelivered.into_iter().next() {
+            Some((_, error)) => Err(error),
+            None => Ok(()),
+        }
     }
 
     /// Sends records and waits until each was acknowledged or given up, at
     /// the latest soon after `deadline` (a call in flight then is waited
-    /// for). Returns each record's outcome, in the order given.
-    pub async fn send_each(&self, records: Vec<PutRecord>, deadline: Instant) -> Outcomes {
+    /// for). Returns the records not delivered (none when all were), by
+    /// their position in `records`.
+    pub async fn send_each(&self, records: Vec<PutRecord>, deadline: Instant) -> Undelivered {
+        let count = records.len();
+        let every = |error: ProduceError| (0..count).map(|i| (i, error.clone())).collect();
         if records.is_empty() {
             return Vec::new();
         }
         if self.inner.closed.load(Ordering::Acquire) {
-            let closed = ProduceError::Closed(self.inner.stream.clone());
-            return vec![Err(closed); records.len()];
+            return every(ProduceError::Closed(self.inner.stream.clone()));
         }
-        let count = records.len();
         let (done, finished) = oneshot::channel();
         let completion = Arc::new(Completion {
             since: Instant::now(),
             deadline,
             remaining: AtomicUsize::new(count),
-            outcomes: Mutex::new(vec![Ok(()); count]),
+            failed: Mutex::new(Vec::new()),
             done: Mutex::new(Some(done)),
         });
         {
@@ -286,7 +297,7 @@ impl Producer {
         self.inner.wake.notify_one();
         finished
             .await
-            .unwrap_or_else(|_| vec![Err(ProduceError::Closed(self.inner.stream.clone())); count])
+            .unwrap_or_else(|_| every(ProduceError::Closed(self.inner.stream.clone())))
     }
 
     /// Stops taking records, sends everything queued, and waits for it.
@@ -404,15 +415,23 @@ impl Packing {
 
     /// The entry: the record itself when alone, as the KPL sends it.
     fn seal(&mut self) -> Option<Entry> {
+        if self.members.is_empty() {
+            return None;
+        }
         let mut members = std::mem::take(&mut self.members);
-        let data = self.aggregator.finish();
-        let first = members.first()?;
+        let first = &members[0];
         // The aggregate goes where its first record goes.
-        let aggregate = (members.len() > 1).then(|| PutRecord {
-            partition_key: first.record.partition_key.clone(),
-            explicit_hash_key: Some(first.hash),
-            data,
-        });
+        let aggregate = match members.len() {
+            1 => {
+                self.aggregator = Aggregator::default();
+                None
+            }
+            _ => Some(PutRecord {
+                partition_key: first.record.partition_key.clone(),
+                explicit_hash_key: Some(first.hash),
+                data: self.aggregator.finish(),
+            }),
+        };
         members.shrink_to_fit();
         Some(Entry {
             aggregate,
@@ -629,6 +648,8 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
     }
     match outcome {
         Ok(results) if results.len() == entries.len() => {
+            let mut stored = Stored::default();
+            let (mut records, mut user_records) = (0, 0);
             for (entry, result) in entries.into_iter().zip(results) {
                 match result {
                     PutResult::Ok { .. } => {
@@ -636,10 +657,10 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
                         if !progressed.contains(&lane) {
                             progressed.push(lane);
                         }
-                        inner.records.inc();
-                        inner.user_records.add(entry.members.len() as u64);
+                        records += 1;
+                        user_records += entry.members.len() as u64;
                         for pending in entry.members {
-                            pending.resolve(Ok(()));
+                            stored.add(pending);
                         }
                     }
                     PutResult::Failed(failure) => {
@@ -656,6 +677,9 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
                     }
                 }
             }
+            stored.flush();
+            inner.records.add(records);
+            inner.user_records.add(user_records);
         }
         Ok(results) => {
             let error = StreamError::Storage(format!(
@@ -730,7 +754,7 @@ fn retry_or_fail(
             stream: inner.stream.clone(),
             reason: format!("{reason:?}"),
         };
-        pending.resolve(Err(error));
+        pending.fail(error);
     }
 }
 
@@ -741,7 +765,33 @@ fn give_up(inner: &Inner, pending: Pending, reason: &dyn std::fmt::Debug) {
         waited_ms: pending.completion.since.elapsed().as_millis() as u64,
         last: format!("{reason:?}"),
     };
-    pending.resolve(Err(error));
+    pending.fail(error);
+}
+
+/// Stored records, counted per completion: a call's records mostly share
+/// one, which is then told once rather than record by record.
+#[derive(Default)]
+struct Stored {
+    run: Option<(Arc<Completion>, usize)>,
+}
+
+impl Stored {
+    fn add(&mut self, pending: Pending) {
+        let Pending { completion, .. } = pending;
+        match &mut self.run {
+            Some((current, count)) if Arc::ptr_eq(current, &completion) => *count += 1,
+            _ => {
+                self.flush();
+                self.run = Some((completion, 1));
+            }
+        }
+    }
+
+    fn flush(&mut self) {
+        if let Some((completion, count)) = self.run.take() {
+            completion.resolved(count);
+        }
+    }
 }
 
 #[cfg(test)]

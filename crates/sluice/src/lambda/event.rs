@@ -26,7 +26,7 @@ use sluice_core::SequenceNumber;
 
 /// A Kinesis event: its records in order, those that decoded and those that
 /// did not.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, PartialEq)]
 pub struct KinesisBatch {
     /// The records that decoded, in event order.
     pub records: Vec<Record>,
@@ -83,19 +83,17 @@ impl KinesisBatch {
     /// that is not, the answer is an error or some reading of it, never a
     /// panic or a hang.
     pub fn parse(json: &[u8]) -> Result<Self, EventError> {
-        let mut scanner = Scanner { data: json, pos: 0 };
-        let mut reader = Reader::default();
-        scanner.object(|scanner, key| {
-            if key.is(b"Records") {
-                if scanner.peek() != Some(b'[') {
-                    return Err(EventError::Malformed("\"Records\" is not an array"));
-                }
-                scanner.array(|scanner| reader.record(scanner))
-            } else {
-                scanner.skip_value()
-            }
-        })?;
-        scanner.end()?;
+        let mut reader = Reader::new(json);
+        reader.event()?;
+        Ok(reader.finish())
+    }
+
+    /// [`KinesisBatch::parse`] without learning the records' shape: every
+    /// record read field by field. Slower; the answer `parse` must give.
+    pub fn parse_field_by_field(json: &[u8]) -> Result<Self, EventError> {
+        let mut reader = Reader::new(json);
+        reader.shapes = false;
+        reader.event()?;
         Ok(reader.finish())
     }
 }
@@ -113,172 +111,418 @@ impl EventError {
     pub(super) const NOT_READ: EventError = EventError::NotRead;
 }
 
-/// Where decoded data goes: chunks of at least [`Buffer::CHUNK`] bytes, so
-/// a growing batch is never copied to a larger allocation.
-#[derive(Default)]
-struct Buffer {
-    full: Vec<Bytes>,
-    current: Vec<u8>,
+/// Reads the event: the scanner's position, the records so far and their
+/// decoded data.
+struct Reader<'a> {
+    scanner: Scanner<'a>,
+    /// Every record's decoded data, back to back. Base64 is 4/3 of the bytes
+    /// it stands for, so the data never outgrows the capacity taken at the
+    /// start: nothing is copied as the batch grows.
+    decoded: Vec<u8>,
+    batch: KinesisBatch,
+    /// Where the data of each of `batch.records` lies in `decoded`.
+    spans: Vec<Range<usize>>,
+    /// The same for `batch.rejected` (empty when it did not decode).
+    rejected_spans: Vec<Range<usize>>,
+    /// Position in the event of the next record.
+    position: u32,
+    /// The first records as read field by field, to learn their shape from.
+    learnt: Vec<(Range<usize>, Vec<Hole>)>,
+    /// The shape of the records, once learnt.
+    shape: Option<Shape>,
+    /// Whether to learn shapes at all (tests compare both ways).
+    shapes: bool,
 }
 
-/// A decoded record's place in a [`Buffer`]: chunk and range.
-type Place = (usize, Range<usize>);
-
-impl Buffer {
-    const CHUNK: usize = 1 << 20;
-
-    /// Decodes base64 `text` into the buffer.
-    fn decode(&mut self, text: &[u8]) -> Result<Place, &'static str> {
-        let engine = &base64_simd::STANDARD;
-        let room = engine.estimated_decoded_length(text.len());
-        if self.current.capacity() - self.current.len() < room {
-            let next = Vec::with_capacity(room.max(Self::CHUNK));
-            let full = std::mem::replace(&mut self.current, next);
-            if !full.is_empty() {
-                self.full.push(Bytes::from(full));
-            }
-        }
-        let start = self.current.len();
-        match engine.decode_append(text, &mut self.current) {
-            Ok(()) => Ok((self.full.len(), start..self.current.len())),
-            Err(_) => {
-                self.current.truncate(start);
-                Err("data is not base64")
-            }
-        }
-    }
-
-    fn freeze(mut self) -> Vec<Bytes> {
-        self.full.push(Bytes::from(self.current));
-        self.full
-    }
-}
-
-/// What the event holds, gathered while it is read.
+/// The fields of one record while it is read.
 #[derive(Default)]
-struct Reader {
-    buffer: Buffer,
-    records: Vec<Partial>,
-}
-
-/// A record while the event is read.
-#[derive(Default)]
-struct Partial {
+struct Fields {
     partition_key: Option<PartitionKey>,
     sequence_number: Option<Result<SequenceNumber, String>>,
-    data: Option<Result<Place, &'static str>>,
+    data: Option<Result<Range<usize>, &'static str>>,
     arrival_ms: i64,
 }
 
-impl Reader {
+/// The fields of a record the router reads.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Field {
+    PartitionKey,
+    SequenceNumber,
+    Data,
+    Arrival,
+}
+
+/// Where a record read field by field has a value: one of the [`Field`]s,
+/// or one read past.
+#[derive(Debug)]
+struct Hole {
+    span: Range<usize>,
+    field: Option<Field>,
+}
+
+/// The shape of the event's records, learnt from its first two: Lambda
+/// writes every record of a batch alike, the same keys in the same order
+/// and most values the same (event source, region, stream ARN, schema
+/// version). Reading a record of that shape compares the parts that are
+/// the same with one memory comparison each and reads only the values that
+/// vary, instead of finding where each key and value ends; the answer is
+/// the one reading field by field gives, and a record of any other shape is
+/// read field by field.
+#[derive(Debug)]
+struct Shape {
+    segments: Vec<Segment>,
+}
+
+#[derive(Debug)]
+enum Segment {
+    /// Bytes as they are in the second record (a range of the event).
+    Literal(Range<usize>),
+    /// A string read past.
+    SkipString,
+    /// A number read past.
+    SkipNumber,
+    /// A value taken.
+    Field(Field),
+}
+
+impl Shape {
+    /// The shape two records share, if they do: the same text around the
+    /// same holes. A value read past that is the same in both becomes part
+    /// of the literal text.
+    fn learn(
+        data: &[u8],
+        (first, first_holes): &(Range<usize>, Vec<Hole>),
+        (second, second_holes): &(Range<usize>, Vec<Hole>),
+    ) -> Option<Shape> {
+        if first_holes.len() != second_holes.len() {
+            return None;
+        }
+        let mut segments = Vec::new();
+        let mut literal_from = second.start;
+        let (mut at_first, mut at_second) = (first.start, second.start);
+        for (a, b) in first_holes.iter().zip(second_holes) {
+            if a.field != b.field || data[at_first..a.span.start] != data[at_second..b.span.start] {
+                return None;
+            }
+            (at_first, at_second) = (a.span.end, b.span.end);
+            if a.field.is_none() && data[a.span.clone()] == data[b.span.clone()] {
+                continue;
+            }
+            // A value read past is read past in every record only where any
+            // value would be (it could be a record, or its `kinesis`, which
+            // are read when they are objects): so only strings and numbers
+            // vary, and a record matches only with the same kind there.
+            let segment = match (b.field, data.get(b.span.start)) {
+                (Some(field), _) => Segment::Field(field),
+                (None, Some(b'"')) => Segment::SkipString,
+                (None, Some(b'-' | b'0'..=b'9')) => Segment::SkipNumber,
+                (None, _) => return None,
+            };
+            if literal_from < b.span.start {
+                segments.push(Segment::Literal(literal_from..b.span.start));
+            }
+            segments.push(segment);
+            literal_from = b.span.end;
+        }
+        if data[at_first..first.end] != data[at_second..second.end] {
+            return None;
+        }
+        if literal_from < second.end {
+            segments.push(Segment::Literal(literal_from..second.end));
+        }
+        Some(Shape { segments })
+    }
+}
+
+impl<'a> Reader<'a> {
+    fn new(json: &'a [u8]) -> Self {
+        Self {
+            scanner: Scanner { data: json, pos: 0 },
+            decoded: Vec::with_capacity(json.len() / 4 * 3 + 3),
+            batch: KinesisBatch::default(),
+            spans: Vec::new(),
+            rejected_spans: Vec::new(),
+            position: 0,
+            learnt: Vec::new(),
+            shape: None,
+            shapes: true,
+        }
+    }
+
+    /// The event object; only its `Records` are read.
+    fn event(&mut self) -> Result<(), EventError> {
+        self.scanner.eat(b'{')?;
+        if !self.scanner.close(b'}') {
+            loop {
+                let key = self.scanner.string()?;
+                self.scanner.eat(b':')?;
+                if key.is(b"Records") {
+                    self.records()?;
+                } else {
+                    self.scanner.skip_value()?;
+                }
+                if !self.scanner.more(b'}')? {
+                    break;
+                }
+            }
+        }
+        self.scanner.end()
+    }
+
+    fn records(&mut self) -> Result<(), EventError> {
+        if self.scanner.peek() != Some(b'[') {
+            return Err(EventError::Malformed("\"Records\" is not an array"));
+        }
+        self.scanner.pos += 1;
+        if self.scanner.close(b']') {
+            return Ok(());
+        }
+        let room = self.scanner.data.len() / 1024;
+        self.batch.records.reserve(room);
+        self.batch.positions.reserve(room);
+        self.spans.reserve(room);
+        loop {
+            self.record()?;
+            if !self.scanner.more(b']')? {
+                return Ok(());
+            }
+        }
+    }
+
     /// One element of `Records`: only its `kinesis` object is read. Anything
     /// but an object reads as a record with nothing in it (it goes to
-    /// dead-letter).
-    fn record(&mut self, scanner: &mut Scanner<'_>) -> Result<(), EventError> {
-        let mut partial = Partial::default();
-        if scanner.peek() == Some(b'{') {
-            scanner.object(|scanner, key| {
-                if key.is(b"kinesis") && scanner.peek() == Some(b'{') {
-                    scanner.object(|scanner, key| self.field(scanner, key, &mut partial))
-                } else {
-                    scanner.skip_value()
-                }
-            })?;
-        } else {
-            scanner.skip_value()?;
+    /// dead-letter). Once the shape of the records is known, a record of that
+    /// shape is read by it; any other, field by field.
+    fn record(&mut self) -> Result<(), EventError> {
+        self.scanner.skip_ws();
+        let start = self.scanner.pos;
+        if let Some(shape) = self.shape.take() {
+            let fields = self.read_shaped(&shape);
+            self.shape = Some(shape);
+            if let Some(fields) = fields {
+                self.push(fields);
+                return Ok(());
+            }
+            self.scanner.pos = start;
         }
-        self.records.push(partial);
+        let mut holes =
+            (self.shapes && self.shape.is_none() && self.learnt.len() < 2).then(Vec::new);
+        let mut fields = Fields::default();
+        if self.scanner.peek() == Some(b'{') {
+            self.scanner.pos += 1;
+            if !self.scanner.close(b'}') {
+                loop {
+                    let key = self.scanner.string()?;
+                    self.scanner.eat(b':')?;
+                    if key.is(b"kinesis") && self.scanner.peek() == Some(b'{') {
+                        self.kinesis(&mut fields, holes.as_mut())?;
+                    } else {
+                        self.skip(holes.as_mut())?;
+                    }
+                    if !self.scanner.more(b'}')? {
+                        break;
+                    }
+                }
+            }
+        } else {
+            self.skip(holes.as_mut())?;
+        }
+        self.push(fields);
+        if let Some(holes) = holes {
+            self.learnt.push((start..self.scanner.pos, holes));
+            if let [first, second] = &self.learnt[..] {
+                self.shape = Shape::learn(self.scanner.data, first, second);
+            }
+        }
         Ok(())
     }
 
-    /// One field of a record's `kinesis` object.
-    fn field(
+    /// Reads past a value nothing is taken from, noting where it was.
+    fn skip(&mut self, holes: Option<&mut Vec<Hole>>) -> Result<(), EventError> {
+        self.scanner.skip_ws();
+        let start = self.scanner.pos;
+        self.scanner.skip_value()?;
+        if let Some(holes) = holes {
+            holes.push(Hole {
+                span: start..self.scanner.pos,
+                field: None,
+            });
+        }
+        Ok(())
+    }
+
+    /// A record's `kinesis` object (at its opening brace).
+    fn kinesis(
         &mut self,
-        scanner: &mut Scanner<'_>,
-        key: Text<'_>,
-        partial: &mut Partial,
+        fields: &mut Fields,
+        mut holes: Option<&mut Vec<Hole>>,
     ) -> Result<(), EventError> {
-        let name = key.bytes();
-        match &*name {
-            b"partitionKey" => {
-                partial.partition_key = scanner.string_value()?.and_then(|text| {
-                    let text = text.unescaped();
-                    std::str::from_utf8(&text).ok().map(PartitionKey::from)
+        self.scanner.pos += 1;
+        if self.scanner.close(b'}') {
+            return Ok(());
+        }
+        loop {
+            let key = self.scanner.string()?;
+            self.scanner.eat(b':')?;
+            let field = match &*key.unescaped() {
+                b"partitionKey" => Some(Field::PartitionKey),
+                b"sequenceNumber" => Some(Field::SequenceNumber),
+                b"data" => Some(Field::Data),
+                b"approximateArrivalTimestamp" => Some(Field::Arrival),
+                _ => None,
+            };
+            match field {
+                Some(field) => {
+                    self.scanner.skip_ws();
+                    let start = self.scanner.pos;
+                    self.field(field, fields)?;
+                    if let Some(holes) = holes.as_mut() {
+                        holes.push(Hole {
+                            span: start..self.scanner.pos,
+                            field: Some(field),
+                        });
+                    }
+                }
+                None => self.skip(holes.as_deref_mut())?,
+            }
+            if !self.scanner.more(b'}')? {
+                return Ok(());
+            }
+        }
+    }
+
+    /// The value of one field of a record's `kinesis` object.
+    fn field(&mut self, field: Field, fields: &mut Fields) -> Result<(), EventError> {
+        match field {
+            Field::PartitionKey => {
+                fields.partition_key = self.scanner.string_value()?.and_then(|text| {
+                    std::str::from_utf8(&text.unescaped())
+                        .ok()
+                        .map(PartitionKey::from)
                 })
             }
-            b"sequenceNumber" => {
-                partial.sequence_number = scanner.string_value()?.map(|text| {
+            Field::SequenceNumber => {
+                fields.sequence_number = self.scanner.string_value()?.map(|text| {
                     let text = text.unescaped();
                     SequenceNumber::from_digits(&text)
                         .ok_or_else(|| String::from_utf8_lossy(&text).into_owned())
                 })
             }
-            b"data" => {
-                partial.data = Some(match scanner.string_value()? {
-                    Some(text) => self.buffer.decode(&text.unescaped()),
+            Field::Data => {
+                fields.data = Some(match self.scanner.string_value()? {
+                    Some(text) => self.decode(&text.unescaped()),
                     None => Err("data is not a string"),
                 })
             }
-            b"approximateArrivalTimestamp" => {
-                partial.arrival_ms = scanner.number_value()?.map_or(0, |n| n.millis());
+            Field::Arrival => {
+                fields.arrival_ms = self.scanner.number_value()?.map_or(0, |n| n.millis());
             }
-            _ => scanner.skip_value()?,
         }
         Ok(())
     }
 
-    fn finish(self) -> KinesisBatch {
-        let chunks = self.buffer.freeze();
-        let mut batch = KinesisBatch {
-            records: Vec::with_capacity(self.records.len()),
-            positions: Vec::with_capacity(self.records.len()),
-            rejected: Vec::new(),
-        };
-        for (position, partial) in self.records.into_iter().enumerate() {
-            let position = position as u32;
-            let data = match partial.data {
-                Some(Ok((chunk, range))) => Ok(chunks[chunk].slice(range)),
-                Some(Err(problem)) => Err(problem.to_owned()),
-                None => Err("no data".to_owned()),
-            };
-            let key = partial.partition_key.filter(|key| !key.is_empty());
-            match (partial.sequence_number, key, data) {
-                (Some(Ok(sequence_number)), Some(partition_key), Ok(data)) => {
-                    batch.records.push(Record {
-                        sequence_number,
-                        partition_key,
-                        data,
-                        arrival_ms: partial.arrival_ms,
-                    });
-                    batch.positions.push(position);
-                }
-                (sequence, key, data) => {
-                    let (sequence_number, reason) = match sequence {
-                        None => (String::new(), Some("no sequence number".to_owned())),
-                        Some(Ok(number)) => (number.as_str().to_owned(), None),
-                        Some(Err(text)) => {
-                            let reason =
-                                format!("sequence number {text:?} is not a decimal number");
-                            (text, Some(reason))
-                        }
-                    };
-                    let (data, data_problem) = match data {
-                        Ok(data) => (data, None),
-                        Err(problem) => (Bytes::new(), Some(problem)),
-                    };
-                    let reason = reason
-                        .or(data_problem)
-                        .or(key.is_none().then(|| "no partition key".to_owned()))
-                        .expect("a rejected record has a reason");
-                    batch.rejected.push(Rejected {
-                        position,
-                        partition_key: key.unwrap_or_default(),
-                        sequence_number,
-                        data,
-                        reason,
-                    });
+    /// A record read by its shape: its literal parts compared, its varying
+    /// values read as [`Reader::record`] reads them. `None` (and nothing
+    /// kept of it) when the record has another shape.
+    fn read_shaped(&mut self, shape: &Shape) -> Option<Fields> {
+        let data = self.scanner.data;
+        let decoded = self.decoded.len();
+        let mut fields = Fields::default();
+        let matched = shape.segments.iter().all(|segment| match segment {
+            Segment::Literal(range) => {
+                let literal = &data[range.clone()];
+                let at = self.scanner.pos;
+                let same = data.get(at..at + literal.len()) == Some(literal);
+                self.scanner.pos += if same { literal.len() } else { 0 };
+                same
+            }
+            Segment::SkipString => {
+                self.scanner.peek() == Some(b'"') && self.scanner.string().is_ok()
+            }
+            Segment::SkipNumber => {
+                let start = self.scanner.pos;
+                matches!(self.scanner.peek(), Some(b'-' | b'0'..=b'9')) && {
+                    self.scanner.skip_scalar();
+                    self.scanner.pos > start
                 }
             }
+            Segment::Field(field) => self.field(*field, &mut fields).is_ok(),
+        });
+        if matched {
+            Some(fields)
+        } else {
+            self.decoded.truncate(decoded);
+            None
+        }
+    }
+
+    /// Decodes base64 `text` after the data decoded so far.
+    fn decode(&mut self, text: &[u8]) -> Result<Range<usize>, &'static str> {
+        let start = self.decoded.len();
+        match base64_simd::STANDARD.decode_append(text, &mut self.decoded) {
+            Ok(()) => Ok(start..self.decoded.len()),
+            Err(_) => {
+                self.decoded.truncate(start);
+                Err("data is not base64")
+            }
+        }
+    }
+
+    /// A record read: into the batch whole, or as rejected with its reason.
+    fn push(&mut self, fields: Fields) {
+        let position = self.position;
+        self.position += 1;
+        let key = fields.partition_key.filter(|key| !key.is_empty());
+        match (fields.sequence_number, key, fields.data) {
+            (Some(Ok(sequence_number)), Some(partition_key), Some(Ok(span))) => {
+                self.batch.records.push(Record {
+                    sequence_number,
+                    partition_key,
+                    data: Bytes::new(),
+                    arrival_ms: fields.arrival_ms,
+                });
+                self.batch.positions.push(position);
+                self.spans.push(span);
+            }
+            (sequence, key, data) => {
+                let (sequence_number, reason) = match sequence {
+                    None => (String::new(), Some("no sequence number".to_owned())),
+                    Some(Ok(number)) => (number.as_str().to_owned(), None),
+                    Some(Err(text)) => {
+                        let reason = format!("sequence number {text:?} is not a decimal number");
+                        (text, Some(reason))
+                    }
+                };
+                let (span, data_problem) = match data {
+                    Some(Ok(span)) => (span, None),
+                    Some(Err(problem)) => (0..0, Some(problem.to_owned())),
+                    None => (0..0, Some("no data".to_owned())),
+                };
+                let reason = reason
+                    .or(data_problem)
+                    .or(key.is_none().then(|| "no partition key".to_owned()))
+                    .expect("a rejected record has a reason");
+                self.batch.rejected.push(Rejected {
+                    position,
+                    partition_key: key.unwrap_or_default(),
+                    sequence_number,
+                    data: Bytes::new(),
+                    reason,
+                });
+                self.rejected_spans.push(span);
+            }
+        }
+    }
+
+    /// The batch, each record given its data.
+    fn finish(self) -> KinesisBatch {
+        let decoded = Bytes::from(self.decoded);
+        let mut batch = self.batch;
+        for (record, span) in batch.records.iter_mut().zip(self.spans) {
+            record.data = decoded.slice(span);
+        }
+        for (rejected, span) in batch.rejected.iter_mut().zip(self.rejected_spans) {
+            rejected.data = decoded.slice(span);
         }
         batch
     }
@@ -299,10 +543,6 @@ impl<'a> Text<'a> {
             false => self.raw == name,
             true => *self.unescaped() == *name,
         }
-    }
-
-    fn bytes(&self) -> std::borrow::Cow<'a, [u8]> {
-        self.unescaped()
     }
 
     /// The text with its escapes resolved (serde_json resolves them when
@@ -339,20 +579,19 @@ impl Seconds<'_> {
     /// read exactly; others through f64.
     fn millis(&self) -> i64 {
         let text = self.0;
-        let (whole, fraction) = match text.iter().position(|&b| b == b'.') {
-            Some(point) => (&text[..point], &text[point + 1..]),
-            None => (text, &b""[..]),
-        };
-        let digits = |part: &[u8]| !part.is_empty() && part.iter().all(u8::is_ascii_digit);
-        if digits(whole) && whole.len() <= 12 && (fraction.is_empty() || digits(fraction)) {
-            let number = |part: &[u8]| part.iter().fold(0i64, |n, &b| n * 10 + i64::from(b - b'0'));
-            let mut millis = &fraction[..fraction.len().min(3)];
-            let mut scale = 1000;
-            let mut ms = number(whole) * 1000;
-            while let [digit, rest @ ..] = millis {
-                scale /= 10;
-                ms += i64::from(digit - b'0') * scale;
-                millis = rest;
+        let point = text.iter().position(|&b| b == b'.').unwrap_or(text.len());
+        let (whole, fraction) = (&text[..point], text.get(point + 1..).unwrap_or(&[]));
+        let usual = (1..=12).contains(&whole.len())
+            && sluice_core::json::all_digits(whole)
+            && (point == text.len()
+                || (!fraction.is_empty() && sluice_core::json::all_digits(fraction)));
+        if usual {
+            let mut ms = 0i64;
+            for &digit in whole {
+                ms = ms * 10 + i64::from(digit - b'0');
+            }
+            for i in 0..3 {
+                ms = ms * 10 + fraction.get(i).map_or(0, |&digit| i64::from(digit - b'0'));
             }
             return ms;
         }
@@ -374,6 +613,7 @@ struct Scanner<'a> {
 const MALFORMED: EventError = EventError::Malformed("malformed JSON");
 
 impl<'a> Scanner<'a> {
+    #[inline]
     fn skip_ws(&mut self) {
         while let Some(b' ' | b'\t' | b'\n' | b'\r') = self.data.get(self.pos) {
             self.pos += 1;
@@ -381,11 +621,13 @@ impl<'a> Scanner<'a> {
     }
 
     /// The next byte after whitespace.
+    #[inline]
     fn peek(&mut self) -> Option<u8> {
         self.skip_ws();
         self.data.get(self.pos).copied()
     }
 
+    #[inline]
     fn eat(&mut self, byte: u8) -> Result<(), EventError> {
         match self.peek() {
             Some(b) if b == byte => {
@@ -405,6 +647,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string at the current position (its opening quote).
+    #[inline]
     fn string(&mut self) -> Result<Text<'a>, EventError> {
         self.eat(b'"')?;
         let start = self.pos;
@@ -428,6 +671,7 @@ impl<'a> Scanner<'a> {
     }
 
     /// A string value, or `None` (read past) for any other value.
+    #[inline]
     fn string_value(&mut self) -> Result<Option<Text<'a>>, EventError> {
         if self.peek() == Some(b'"') {
             self.string().map(Some)
@@ -461,8 +705,26 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// Reads past one value of any kind, nested ones without recursion.
+    /// Reads past one value of any kind.
+    #[inline]
     fn skip_value(&mut self) -> Result<(), EventError> {
+        match self.peek() {
+            Some(b'"') => self.string().map(drop),
+            Some(b'{' | b'[') => self.skip_nested(),
+            Some(b',' | b':' | b'}' | b']') | None => Err(MALFORMED),
+            Some(_) => {
+                let start = self.pos;
+                self.skip_scalar();
+                if self.pos == start {
+                    return Err(MALFORMED);
+                }
+                Ok(())
+            }
+        }
+    }
+
+    /// Reads past an object or an array, nested ones without recursion.
+    fn skip_nested(&mut self) -> Result<(), EventError> {
         let mut depth = 0usize;
         loop {
             match self.peek().ok_or(MALFORMED)? {
@@ -493,51 +755,29 @@ impl<'a> Scanner<'a> {
         }
     }
 
-    /// An object: `member` reads each member's value, given its key.
-    fn object<F>(&mut self, mut member: F) -> Result<(), EventError>
-    where
-        F: FnMut(&mut Self, Text<'a>) -> Result<(), EventError>,
-    {
-        self.eat(b'{')?;
-        if self.peek() == Some(b'}') {
-            self.pos += 1;
-            return Ok(());
-        }
-        loop {
-            let key = self.string()?;
-            self.eat(b':')?;
-            member(self, key)?;
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b'}') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(MALFORMED),
-            }
-        }
+    /// Whether the next byte closes the object or array (`close`), read
+    /// past if so.
+    #[inline]
+    fn close(&mut self, close: u8) -> bool {
+        let closing = self.peek() == Some(close);
+        self.pos += usize::from(closing);
+        closing
     }
 
-    /// An array: `element` reads each element.
-    fn array<F>(&mut self, mut element: F) -> Result<(), EventError>
-    where
-        F: FnMut(&mut Self) -> Result<(), EventError>,
-    {
-        self.eat(b'[')?;
-        if self.peek() == Some(b']') {
-            self.pos += 1;
-            return Ok(());
-        }
-        loop {
-            element(self)?;
-            match self.peek() {
-                Some(b',') => self.pos += 1,
-                Some(b']') => {
-                    self.pos += 1;
-                    return Ok(());
-                }
-                _ => return Err(MALFORMED),
+    /// After a member or element: whether another follows (a comma), or
+    /// the object or array ends (`close`).
+    #[inline]
+    fn more(&mut self, close: u8) -> Result<bool, EventError> {
+        match self.peek() {
+            Some(b',') => {
+                self.pos += 1;
+                Ok(true)
             }
+            Some(b) if b == close => {
+                self.pos += 1;
+                Ok(false)
+            }
+            _ => Err(MALFORMED),
         }
     }
 }
@@ -664,6 +904,80 @@ mod tests {
                 "{}",
                 String::from_utf8_lossy(text)
             );
+        }
+    }
+
+    #[test]
+    fn records_of_one_shape_are_read_by_it() {
+        let records: Vec<String> = (0..5)
+            .map(|i| {
+                format!(
+                    r#"{{"kinesis":{{"kinesisSchemaVersion":"1.0","partitionKey":"k{i}","sequenceNumber":"4959{i}","data":"b2s=","approximateArrivalTimestamp":1764000000.{i}}},"eventSource":"aws:kinesis","eventID":"shardId-000000000000:4959{i}","awsRegion":"eu-west-1"}}"#
+                )
+            })
+            .collect();
+        let event = format!(r#"{{"Records":[{}]}}"#, records.join(","));
+        let mut reader = Reader::new(event.as_bytes());
+        reader.event().unwrap();
+        let shape = reader.shape.as_ref().expect("a shape is learnt");
+        let varying = shape
+            .segments
+            .iter()
+            .filter(|s| !matches!(s, Segment::Literal(_)))
+            .count();
+        // partitionKey, sequenceNumber, data, arrival and eventID vary.
+        assert_eq!(varying, 5, "{shape:?}");
+        let batch = reader.finish();
+        assert_eq!(
+            batch,
+            KinesisBatch::parse_field_by_field(event.as_bytes()).unwrap()
+        );
+        assert_eq!(batch.records[4].partition_key, "k4");
+        assert_eq!(batch.records[4].arrival_ms, 1_764_000_000_400);
+    }
+
+    proptest::proptest! {
+        /// Whatever the records look like, reading by shape gives what
+        /// reading field by field gives.
+        #[test]
+        fn shapes_read_what_fields_read(
+            records in proptest::collection::vec(
+                (0usize..12, "[a-z0-9]{0,6}", 0u32..5, proptest::bool::weighted(0.2)),
+                0..12,
+            ),
+        ) {
+            let texts: Vec<String> = records
+                .iter()
+                .map(|(variant, value, n, odd)| {
+                    let region = if *odd { "us-east-1" } else { "eu-west-1" };
+                    let data = match n { 0 => "b2s=", 1 => "aGVsbG8=", 2 => "not base64", 3 => "", _ => "d29ybGQ=" };
+                    match variant {
+                        0..=5 => format!(
+                            r#"{{"kinesis":{{"partitionKey":"{value}","sequenceNumber":"4959{n}","data":"{data}","approximateArrivalTimestamp":17640000{n}.5}},"eventID":"s:{value}{n}","awsRegion":"{region}"}}"#
+                        ),
+                        6 => format!(
+                            r#"{{"eventID":"s:{n}","kinesis":{{"sequenceNumber":"4959{n}","partitionKey":"{value}","data":"{data}"}},"awsRegion":"{region}"}}"#
+                        ),
+                        7 => format!(
+                            r#"{{"kinesis":{{"partitionKey":{n},"sequenceNumber":"4959{n}","data":"{data}","approximateArrivalTimestamp":17640000{n}.5}},"eventID":{n},"awsRegion":"{region}"}}"#
+                        ),
+                        8 => format!(
+                            r#"{{"kinesis":"{value}","eventID":"s:{value}{n}","awsRegion":"{region}"}}"#
+                        ),
+                        9 => format!(r#""{value}""#),
+                        10 => format!(
+                            r#"{{"kinesis":{{"partitionKey":"{value}","sequenceNumber":"4959{n}","data":"{data}","approximateArrivalTimestamp":17640000{n}.5}},"eventID":{{"nested":[{n}]}},"awsRegion":"{region}"}}"#
+                        ),
+                        _ => format!(
+                            r#"{{ "kinesis" : {{"partitionKey":"{value}A","sequenceNumber":"4959{n}","data":"{data}","approximateArrivalTimestamp":17640000{n}.5}},"eventID":"s:{value}{n}","awsRegion":"{region}"}}"#
+                        ),
+                    }
+                })
+                .collect();
+            let event = format!(r#"{{"Records":[{}]}}"#, texts.join(","));
+            let shaped = KinesisBatch::parse(event.as_bytes());
+            let by_field = KinesisBatch::parse_field_by_field(event.as_bytes());
+            proptest::prop_assert_eq!(shaped, by_field, "{}", event);
         }
     }
 

@@ -260,21 +260,15 @@ impl LambdaRouter {
         deadline: Instant,
     ) -> Option<usize> {
         let stream = &self.rules.streams()[index];
-        let outcomes = match self.producer(index).await {
+        let undelivered = match self.producer(index).await {
             Ok(producer) => producer.send_each(records, deadline).await,
-            Err(error) => vec![Err(error); records.len()],
+            Err(error) => (0..records.len()).map(|i| (i, error.clone())).collect(),
         };
-        let mut first: Option<(usize, &ProduceError)> = None;
-        for (outcome, source) in outcomes.iter().zip(&sources) {
-            if let Err(error) = outcome {
-                let source = *source as usize;
-                if first.is_none_or(|(f, _)| source < f) {
-                    first = Some((source, error));
-                }
-            }
-        }
-        let (position, error) = first?;
-        let failed = outcomes.iter().filter(|o| o.is_err()).count();
+        let (position, error) = undelivered
+            .iter()
+            .map(|(i, error)| (sources[*i] as usize, error))
+            .min_by_key(|(position, _)| *position)?;
+        let failed = undelivered.len();
         tracing::error!(stream = %stream, failed, error = %error, "records not delivered; Lambda will retry the batch from the first of them");
         Some(position)
     }
