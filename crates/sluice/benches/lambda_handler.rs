@@ -15,10 +15,14 @@ use async_trait::async_trait;
 use base64::Engine;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use sluice::config::Config;
-use sluice::lambda::{KinesisBatch, LambdaRouter};
+use sluice::lambda::{EventReader, LambdaRouter};
 use sluice_core::hash::even_ranges;
 use sluice_core::stream::*;
 use sluice_core::{SequenceNumber, StreamBackend};
+
+// The allocator of the function's binary.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 #[path = "../../core/benches/support/sample.rs"]
 mod sample;
@@ -143,11 +147,13 @@ fn measure(
         let json = event(count, size, traced_every);
         group.throughput(Throughput::Elements(count as u64));
         let id = BenchmarkId::new(name, format!("{count}x{size}B"));
+        // One reader for all invocations, as in the function.
+        let mut reader = EventReader::default();
         group.bench_with_input(id, &json, |b, json| {
             b.iter(|| {
                 runtime.block_on(async {
                     // Read as the function reads each invocation's body.
-                    let input = KinesisBatch::parse(json).unwrap();
+                    let input = reader.read(json).unwrap();
                     let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
                     let (summary, failed) = router.route(&input, deadline).await;
                     assert!(failed.is_none());

@@ -6,7 +6,8 @@
 //! tracking the path for its error messages). Routing a record costs a few
 //! microseconds, and that pass alone cost about as much as routing. So the
 //! [`ReadKinesisEvents`] layer, outermost on the runtime, reads the body with
-//! [`KinesisBatch::parse`], keeps the result for the invocation's handler,
+//! an [`EventReader`] (which reuses the last event's memory), keeps the
+//! result for the invocation's handler,
 //! and hands the runtime `{}` to deserialize instead; the handler takes the
 //! payload type [`Unread`] and calls [`take_event`].
 //!
@@ -23,7 +24,7 @@ use bytes::Bytes;
 use lambda_runtime::tower::{Layer, Service};
 use lambda_runtime::LambdaInvocation;
 
-use super::event::{EventError, KinesisBatch};
+use super::event::{EventError, EventReader, KinesisBatch};
 
 type Read = Option<Result<KinesisBatch, EventError>>;
 
@@ -54,13 +55,17 @@ impl<S> Layer<S> for ReadKinesisEvents {
     type Service = ReadKinesisEvent<S>;
 
     fn layer(&self, inner: S) -> Self::Service {
-        ReadKinesisEvent { inner }
+        ReadKinesisEvent {
+            inner,
+            reader: EventReader::default(),
+        }
     }
 }
 
 /// The service of [`ReadKinesisEvents`].
 pub struct ReadKinesisEvent<S> {
     inner: S,
+    reader: EventReader,
 }
 
 impl<S> Service<LambdaInvocation> for ReadKinesisEvent<S>
@@ -77,7 +82,7 @@ where
     }
 
     fn call(&mut self, mut invocation: LambdaInvocation) -> Self::Future {
-        let event = KinesisBatch::parse(&invocation.body);
+        let event = self.reader.read(&invocation.body);
         invocation.body = Bytes::from_static(b"{}");
         let handled = self.inner.call(invocation);
         Box::pin(EVENT.scope(RefCell::new(Some(event)), handled))

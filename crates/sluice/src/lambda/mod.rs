@@ -14,7 +14,7 @@ mod event;
 mod invocation;
 pub mod runtime_api;
 
-pub use event::{EventError, KinesisBatch, Rejected};
+pub use event::{EventError, EventReader, KinesisBatch, Rejected};
 pub use invocation::{take_event, ReadKinesisEvent, ReadKinesisEvents, Unread};
 
 use std::borrow::Cow;
