@@ -129,11 +129,11 @@ const FINGERPRINT_BYTES: usize = 7;
 
 fn fingerprint(name: &str) -> u64 {
     let bytes = name.as_bytes();
-    let mut print = (bytes.len().min(255) as u64) << 56;
-    for (i, b) in bytes.iter().take(FINGERPRINT_BYTES).enumerate() {
-        print |= u64::from(*b) << (i * 8);
-    }
-    print
+    let mut first = [0u8; 8];
+    let taken = bytes.len().min(FINGERPRINT_BYTES);
+    first[..taken].copy_from_slice(&bytes[..taken]);
+    let first = u64::from_le_bytes(first) & ((1 << 56) - 1);
+    ((bytes.len().min(255) as u64) << 56) | first
 }
 
 /// Routes compiled for matching: header names interned, stream names
