@@ -1,14 +1,15 @@
 //! The Kinesis event as Lambda delivers it, read straight into stream
-//! records: each record's base64 data is decoded into 1 MiB chunks shared by
-//! the batch, keys and sequence numbers are copied once, and nothing else of
-//! the event is kept.
+//! records: each record's base64 data is decoded into one buffer for the
+//! whole batch (taken back for the next event by [`EventReader`]), keys and
+//! sequence numbers are copied once, and nothing else of the event is kept.
 //!
 //! The event is read by a small scanner made for this one shape, straight
 //! from the invocation's body (see [`super::invocation`]): fields it does not
 //! need are skipped with a word-at-a-time or vectorised search for the end
 //! of their strings, instead of being tokenised and visited field by field.
-//! Routing costs a couple of microseconds a record, and reading the event
-//! is a large part of that.
+//! Once two records agree, the rest are read by their shape (see
+//! [`Shape`]). Routing costs a couple of microseconds a record, and reading
+//! the event is a large part of that.
 //!
 //! Read leniently on purpose: a record with bad base64, a value of the wrong
 //! type or a missing field must reach dead-letter on its own, not fail the
@@ -103,10 +104,6 @@ pub enum EventError {
     Malformed(&'static str),
     #[error("the invocation's event was not read: the runtime needs the ReadKinesisEvents layer")]
     NotRead,
-}
-
-impl EventError {
-    pub(super) const NOT_READ: EventError = EventError::NotRead;
 }
 
 /// Reads the event: the scanner's position, the records so far and their

@@ -44,7 +44,7 @@ pub fn take_event() -> Result<KinesisBatch, EventError> {
         .try_with(|event| event.borrow_mut().take())
         .ok()
         .flatten()
-        .unwrap_or(Err(EventError::NOT_READ))
+        .unwrap_or(Err(EventError::NotRead))
 }
 
 /// The runtime layer that reads each invocation's body as a Kinesis event.
@@ -112,12 +112,12 @@ mod tests {
         };
         let (first, second) = service.call(invocation(body)).await.unwrap();
         assert_eq!(first, Ok(1));
-        assert_eq!(second.unwrap_err(), EventError::NOT_READ);
+        assert_eq!(second.unwrap_err(), EventError::NotRead);
         let (first, _) = service.call(invocation(b"[1]")).await.unwrap();
         assert!(first
             .unwrap_err()
             .to_string()
             .contains("not a Kinesis event"));
-        assert_eq!(take_event().unwrap_err(), EventError::NOT_READ);
+        assert_eq!(take_event().unwrap_err(), EventError::NotRead);
     }
 }
