@@ -165,6 +165,9 @@ struct Lanes {
     /// Where the next call starts taking records, so every lane gets a turn.
     next: usize,
     in_flight: usize,
+    /// Records a call passed over (their key was taken), on their way back
+    /// to their lane: empty between calls, kept for its capacity.
+    skipped: VecDeque<Pending>,
 }
 
 struct Inner {
@@ -223,6 +226,7 @@ impl Producer {
                 lanes: starts.iter().map(|_| Lane::default()).collect(),
                 next: 0,
                 in_flight: 0,
+                skipped: VecDeque::new(),
             }),
             starts,
             wake: Notify::new(),
@@ -450,12 +454,13 @@ fn explicit_hash_key(record: &PutRecord) -> Option<String> {
 /// lane's records are packed into aggregates of at most that many bytes.
 fn take_from_lane(
     queue: &mut VecDeque<Pending>,
+    kept: &mut VecDeque<Pending>,
     call: &mut CallBuilder,
     aggregate_max: Option<usize>,
     now: Instant,
     expired: &mut Vec<Pending>,
 ) {
-    let mut kept = VecDeque::new();
+    debug_assert!(kept.is_empty());
     // Look a bounded distance past skipped records, so a queue of one hot
     // key does not cost a full scan per call.
     let mut skips_left = MAX_RECORDS_PER_PUT * 4;
@@ -571,13 +576,15 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
     let mut expired = Vec::new();
     for offset in 0..count {
         let index = (state.next + offset) % count;
-        let lane = &mut state.lanes[index];
+        let Lanes { lanes, skipped, .. } = &mut *state;
+        let lane = &mut lanes[index];
         if lane.busy || lane.queue.is_empty() || lane.ready_at.is_some_and(|at| at > now) {
             continue;
         }
         let before = call.entries.len();
         take_from_lane(
             &mut lane.queue,
+            skipped,
             &mut call,
             inner.config.aggregate_max_bytes,
             now,
