@@ -447,6 +447,9 @@ impl<'a> Reader<'a> {
             }
             Segment::Field(field) => self.field(*field, &mut fields).is_ok(),
         });
+        // The record must end where the shape does: text the shape ends
+        // with (a value the two records shared) may begin a longer one.
+        let matched = matched && matches!(self.scanner.peek(), Some(b',' | b']'));
         if matched {
             Some(fields)
         } else {
@@ -963,6 +966,26 @@ mod tests {
     }
 
     #[test]
+    fn a_record_longer_than_the_shape_is_read_field_by_field() {
+        // The first two teach the shape `1`; the third only begins with it.
+        for event in [
+            &br#"{"Records":[1,1,12,{"kinesis":{"partitionKey":"k","sequenceNumber":"4","data":"b2s="}}]}"#[..],
+            b"{\"Records\":[\xff,\xff,\xff\xff],\"Records\":",
+        ] {
+            assert_eq!(
+                KinesisBatch::parse(event),
+                KinesisBatch::parse_field_by_field(event)
+            );
+        }
+        let batch = read(
+            r#"{"Records":[1,1,12,{"kinesis":{"partitionKey":"k","sequenceNumber":"4","data":"b2s="}}]}"#,
+        );
+        assert_eq!(batch.rejected.len(), 3);
+        assert_eq!(batch.records.len(), 1);
+        assert_eq!(batch.position(0), 3);
+    }
+
+    #[test]
     fn records_of_one_shape_are_read_by_it() {
         let records: Vec<String> = (0..5)
             .map(|i| {
@@ -997,7 +1020,7 @@ mod tests {
         #[test]
         fn shapes_read_what_fields_read(
             records in proptest::collection::vec(
-                (0usize..12, "[a-z0-9]{0,6}", 0u32..5, proptest::bool::weighted(0.2)),
+                (0usize..14, "[a-z0-9]{0,6}", 0u32..5, proptest::bool::weighted(0.2)),
                 0..12,
             ),
         ) {
@@ -1020,6 +1043,9 @@ mod tests {
                             r#"{{"kinesis":"{value}","eventID":"s:{value}{n}","awsRegion":"{region}"}}"#
                         ),
                         9 => format!(r#""{value}""#),
+                        // Bare numbers: one may begin another.
+                        11 => format!("{n}"),
+                        12 => format!("{n}{n}"),
                         10 => format!(
                             r#"{{"kinesis":{{"partitionKey":"{value}","sequenceNumber":"4959{n}","data":"{data}","approximateArrivalTimestamp":17640000{n}.5}},"eventID":{{"nested":[{n}]}},"awsRegion":"{region}"}}"#
                         ),
