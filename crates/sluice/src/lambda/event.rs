@@ -230,11 +230,15 @@ impl Shape {
 }
 
 impl<'a> Reader<'a> {
-    /// A reader of `json` that decodes data into `decoded` (emptied), which
-    /// it grows to hold all of it.
+    /// A reader of `json` that decodes data into `decoded` (emptied), or
+    /// into a new buffer when that one cannot hold all of it.
     fn new(json: &'a [u8], mut decoded: Vec<u8>) -> Self {
+        let capacity = json.len() / 4 * 3 + 3;
         decoded.clear();
-        decoded.reserve(json.len() / 4 * 3 + 3);
+        if decoded.capacity() < capacity {
+            // Fresh rather than grown: the old bytes need no copy.
+            decoded = Vec::with_capacity(capacity);
+        }
         Self {
             scanner: Scanner { data: json, pos: 0 },
             decoded,
@@ -439,11 +443,8 @@ impl<'a> Reader<'a> {
                 self.scanner.peek() == Some(b'"') && self.scanner.string().is_ok()
             }
             Segment::SkipNumber => {
-                let start = self.scanner.pos;
-                matches!(self.scanner.peek(), Some(b'-' | b'0'..=b'9')) && {
-                    self.scanner.skip_scalar();
-                    self.scanner.pos > start
-                }
+                matches!(self.scanner.peek(), Some(b'-' | b'0'..=b'9'))
+                    && self.scanner.scalar().is_ok()
             }
             Segment::Field(field) => self.field(*field, &mut fields).is_ok(),
         });
@@ -547,14 +548,9 @@ impl EventReader {
 
     /// [`KinesisBatch::parse`], reusing the last event's buffer if it can.
     pub fn read(&mut self, json: &[u8]) -> Result<KinesisBatch, EventError> {
-        let capacity = json.len() / 4 * 3 + 3;
         let buffer = match self.spare.take().map(Bytes::try_into_mut) {
-            Some(Ok(unused)) if unused.capacity() >= capacity => {
-                let mut buffer = Vec::from(unused);
-                buffer.clear();
-                buffer
-            }
-            _ => Vec::with_capacity(capacity),
+            Some(Ok(unused)) => Vec::from(unused),
+            _ => Vec::new(),
         };
         let mut reader = Reader::new(json, buffer);
         reader.event()?;
@@ -748,14 +744,18 @@ impl<'a> Scanner<'a> {
             Some(b'"') => self.string().map(drop),
             Some(b'{' | b'[') => self.skip_nested(),
             Some(b',' | b':' | b'}' | b']') | None => Err(MALFORMED),
-            Some(_) => {
-                let start = self.pos;
-                self.skip_scalar();
-                if self.pos == start {
-                    return Err(MALFORMED);
-                }
-                Ok(())
-            }
+            Some(_) => self.scalar(),
+        }
+    }
+
+    /// Reads past a number, `true`, `false` or `null` (or what stands in
+    /// their place): an error when there is none.
+    fn scalar(&mut self) -> Result<(), EventError> {
+        let start = self.pos;
+        self.skip_scalar();
+        match self.pos > start {
+            true => Ok(()),
+            false => Err(MALFORMED),
         }
     }
 
@@ -777,13 +777,7 @@ impl<'a> Scanner<'a> {
                 }
                 b',' | b':' if depth > 0 => self.pos += 1,
                 b',' | b':' => return Err(MALFORMED),
-                _ => {
-                    let start = self.pos;
-                    self.skip_scalar();
-                    if self.pos == start {
-                        return Err(MALFORMED);
-                    }
-                }
+                _ => self.scalar()?,
             }
             if depth == 0 {
                 return Ok(());

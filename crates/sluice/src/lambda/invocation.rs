@@ -7,9 +7,9 @@
 //! microseconds, and that pass alone cost about as much as routing. So the
 //! [`ReadKinesisEvents`] layer, outermost on the runtime, reads the body with
 //! an [`EventReader`] (which reuses the last event's memory), keeps the
-//! result for the invocation's handler,
-//! and hands the runtime `{}` to deserialize instead; the handler takes the
-//! payload type [`Unread`] and calls [`take_event`].
+//! result for the invocation's handler, and hands the runtime `{}` to
+//! deserialize instead; the handler takes the payload type [`Unread`] and
+//! calls [`take_event`].
 //!
 //! The batch is kept in a task-local value scoped to the invocation's
 //! future, so it belongs to that invocation alone (also should invocations
