@@ -12,6 +12,7 @@ pub mod limits;
 pub mod retry;
 pub mod router;
 pub mod rules;
+pub mod sample;
 pub mod sequence;
 pub mod stream;
 pub mod table;

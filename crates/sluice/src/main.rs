@@ -1,6 +1,6 @@
 //! The `sluice` command.
 
-use std::io::BufRead;
+use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
 
@@ -148,6 +148,20 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Print a deterministic sample of a shop's website events as NDJSON,
+    /// ready for `sluice send -` (the demo's, tests' and benchmarks' data).
+    Sample {
+        /// How many events.
+        #[arg(long, default_value_t = 20_000)]
+        events: usize,
+        /// The same seed gives the same events.
+        #[arg(long, default_value_t = sluice_core::sample::DEFAULT_SEED)]
+        seed: u64,
+        /// The first event's time: an RFC 3339 time or `now`
+        /// (default 2026-11-28T14:00:00Z); events are ~20 ms apart.
+        #[arg(long)]
+        start: Option<String>,
+    },
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(long)]
@@ -277,6 +291,34 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                         row.lag_ms.map_or("?".into(), |l| l.to_string()),
                         row.checkpoint
                     );
+                }
+            }
+        }
+        Command::Sample {
+            events,
+            seed,
+            start,
+        } => {
+            let start_ms = match start.as_deref() {
+                None => sluice_core::sample::DEFAULT_START_MS,
+                Some("now") => chrono::Utc::now().timestamp_millis(),
+                Some(text) => chrono::DateTime::parse_from_rfc3339(text)
+                    .map_err(|_| anyhow::anyhow!("--start {text:?}: expected `now` or an RFC 3339 time"))?
+                    .timestamp_millis(),
+            };
+            let mut out = std::io::BufWriter::new(std::io::stdout().lock());
+            for event in sluice_core::sample::Sample::starting_at(seed, start_ms).take(events) {
+                if let Err(e) = writeln!(out, "{}", event.to_json()) {
+                    // A reader that stops early (`| head`) is not an error.
+                    if e.kind() == std::io::ErrorKind::BrokenPipe {
+                        return Ok(std::process::ExitCode::SUCCESS);
+                    }
+                    return Err(e.into());
+                }
+            }
+            if let Err(e) = out.flush() {
+                if e.kind() != std::io::ErrorKind::BrokenPipe {
+                    return Err(e.into());
                 }
             }
         }

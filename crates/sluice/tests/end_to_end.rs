@@ -628,14 +628,20 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
     let mut sluice = Sluice::start(dir.path());
     let url = sluice.url.clone();
 
-    // `sluice send` the shared sample: every event accepted.
-    let sample =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/website-events.ndjson");
-    assert!(
-        sample.exists(),
-        "the shared sample data is missing at {}",
-        sample.display()
-    );
+    // `sluice sample` writes the generated shop events; `sluice send` posts
+    // them: every event accepted.
+    let generated = sluice_cli(&["sample", "--events", "20000", "--seed", "3"]);
+    assert!(generated.status.success());
+    let text = String::from_utf8(generated.stdout).unwrap();
+    assert_eq!(text, sluice_core::sample::ndjson(3, 20_000));
+    let sample = dir.path().join("sample.ndjson");
+    std::fs::write(&sample, &text).unwrap();
+    let transactions = text
+        .lines()
+        .map(|line| serde_json::from_str::<Value>(line).unwrap())
+        .filter(|event| matches!(event["type"].as_str(), Some("purchase" | "refund")))
+        .count();
+    assert!(transactions > 0);
     let sent = sluice_cli(&["send", sample.to_str().unwrap(), "--url", &url]);
     let stderr = String::from_utf8_lossy(&sent.stderr);
     assert!(sent.status.success(), "{stderr}");
@@ -655,7 +661,7 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
     assert!(String::from_utf8_lossy(&refused.stderr).contains("unknown field `colour`"));
 
     // `sluice tail` prints routed envelopes.
-    wait_for_count(Duration::from_secs(60), &url, "transactions", 964).await;
+    wait_for_count(Duration::from_secs(60), &url, "transactions", transactions).await;
     let tailed = sluice_cli(&["tail", "transactions", "--url", &url, "--limit", "5"]);
     assert!(tailed.status.success());
     let lines: Vec<&[u8]> = tailed

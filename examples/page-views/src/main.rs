@@ -3,7 +3,8 @@
 //! URL in a table (a view end users can query), and applies each event once
 //! although the consumer delivers records at least once.
 //!
-//!     cargo run -p page-views -- --events ../shared/data/website-events.ndjson
+//!     cargo run -p sluice -- sample --events 20000 > sample.ndjson
+//!     cargo run -p page-views -- --events sample.ndjson
 //!
 //! On embedded storage the example owns its data directory (embedded
 //! storage belongs to one process); `--events` first writes a file of

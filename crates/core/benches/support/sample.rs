@@ -1,25 +1,20 @@
-//! The shared sample website events as the collector wraps them, for the
-//! benchmarks (this file is included by benchmarks of other crates too).
-
-use std::path::Path;
+//! The sample website events (`sluice_core::sample`) as the collector wraps
+//! them, for the benchmarks (this file is included by benchmarks of other
+//! crates too).
 
 use bytes::Bytes;
 use serde_json::Value;
-use sluice_core::envelope;
+use sluice_core::{envelope, sample};
 use sluice_core::stream::Record;
 use sluice_core::SequenceNumber;
 
 /// Up to `limit` sample events as envelopes, each padded to `size` bytes.
 pub fn records(size: usize, limit: usize) -> Vec<Record> {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/website-events.ndjson");
-    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    text.lines()
-        .cycle()
+    sample::Sample::new(sample::DEFAULT_SEED)
         .take(limit)
         .enumerate()
-        .map(|(i, line)| {
-            let event: Value = serde_json::from_str(line).unwrap();
+        .map(|(i, event)| {
+            let event: Value = serde_json::from_str(&event.to_json()).unwrap();
             let mut headers = vec![
                 ("type".to_owned(), event["type"].clone()),
                 ("source".to_owned(), Value::from("web")),
