@@ -334,18 +334,30 @@ mod tests {
         for (kind, weight) in MIX {
             let got = f64::from(kinds[kind]);
             let want = f64::from(weight);
-            assert!((got - want).abs() <= want / 5.0 + 10.0, "{kind}: {got} for {want}");
+            assert!(
+                (got - want).abs() <= want / 5.0 + 10.0,
+                "{kind}: {got} for {want}"
+            );
         }
         assert!(users.len() > 1_950 && users.len() <= USERS as usize);
         let tiers = events.iter().filter(|e| e.header("tier").is_some()).count();
-        assert!((3_000..5_000).contains(&tiers), "{tiers} events with a tier");
+        assert!(
+            (3_000..5_000).contains(&tiers),
+            "{tiers} events with a tier"
+        );
         let span_s = (previous_ts - DEFAULT_START_MS) / 1000;
-        assert!((300..500).contains(&span_s), "20,000 events over {span_s} s");
+        assert!(
+            (300..500).contains(&span_s),
+            "20,000 events over {span_s} s"
+        );
     }
 
     #[test]
     fn timestamps_are_utc_with_milliseconds() {
         assert_eq!(format_ts(DEFAULT_START_MS), "2026-11-28T14:00:00.000Z");
-        assert_eq!(format_ts(DEFAULT_START_MS + 61_005), "2026-11-28T14:01:01.005Z");
+        assert_eq!(
+            format_ts(DEFAULT_START_MS + 61_005),
+            "2026-11-28T14:01:01.005Z"
+        );
     }
 }

@@ -1,6 +1,7 @@
 //! Bearer-token authentication for the `/v1` routes (collector and read
 //! API). With no tokens configured every request passes; Sluice then only
-//! listens on loopback (checked at start).
+//! listens on loopback (checked at start). Sites' public write keys are
+//! checked by the collector (`crate::collector::sites`).
 
 use std::sync::Arc;
 
@@ -24,7 +25,9 @@ impl Tokens {
         self.0.is_empty()
     }
 
-    fn check(&self, headers: &HeaderMap) -> Result<(), AppError> {
+    /// Passes a request with a valid bearer token, or any request when no
+    /// tokens are configured.
+    pub fn check(&self, headers: &HeaderMap) -> Result<(), AppError> {
         if self.0.is_empty() {
             return Ok(());
         }
@@ -57,13 +60,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
-/// Middleware: refuses the request with 401 unless it carries a valid token.
-/// Runs before the body is read.
+/// Middleware of the read API: refuses the request with 401 unless it
+/// carries a valid token, and with 403 when it presents a site's write key,
+/// which opens `POST /v1/events` only. Runs before the body is read.
 pub async fn require_token(
     State(tokens): State<Tokens>,
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
+    if crate::collector::sites::write_key(request.uri(), request.headers()).is_some() {
+        return Err(AppError::Forbidden(
+            "a write key opens POST /v1/events only; reading needs a bearer token".into(),
+        ));
+    }
     tokens.check(request.headers())?;
     Ok(next.run(request).await)
 }

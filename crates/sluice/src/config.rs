@@ -13,6 +13,8 @@ use sluice_core::limits::{MAX_PARTITION_KEY_CHARS, MAX_RECORD_BYTES};
 use sluice_core::retry::Backoff;
 use sluice_core::rules::{self, DeadLetter, Route, RuleSet, Unmatched};
 
+pub use crate::collector::sites::OriginPattern;
+
 /// The example configuration, also used when no file is given or found.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../sluice.toml");
 
@@ -42,6 +44,149 @@ pub struct Config {
     /// Fault injection, for tests and drills only.
     #[serde(default)]
     pub faults: Option<FaultsConfig>,
+    /// Websites whose pages send events from visitors' browsers.
+    #[serde(default)]
+    pub sites: Vec<SiteConfig>,
+}
+
+/// A website: a public write key bound to the origins allowed to use it.
+/// The key opens `POST /v1/events` and nothing else.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SiteConfig {
+    /// The site's name (1 to 128 characters), in metrics and the dedup window.
+    #[serde(deserialize_with = "site_name")]
+    pub name: String,
+    /// Public: it stands in the page's source. 8 to 128 characters of
+    /// `A-Z a-z 0-9 _ -`.
+    #[serde(deserialize_with = "write_key")]
+    pub write_key: String,
+    /// Origins allowed to use the key: exact (`https://shop.example.com`,
+    /// `http://localhost:3000`) or with one leading wildcard label
+    /// (`https://*.example.com` takes `https://a.example.com`, not
+    /// `https://example.com` nor `https://a.b.example.com`).
+    #[serde(deserialize_with = "origin_list")]
+    pub origins: Vec<OriginPattern>,
+    /// Events per second per client address, with a burst (optional).
+    #[serde(default)]
+    pub rate_limit: Option<RateLimitConfig>,
+    /// Headers added to every event of this site; they replace a sender's
+    /// header of the same name. Strings, numbers or booleans.
+    #[serde(default, deserialize_with = "site_headers")]
+    pub headers: Vec<(String, serde_json::Value)>,
+    /// Store the client's address in a `client_address` header (default
+    /// false: addresses are used for rate limits only, never stored).
+    #[serde(default)]
+    pub store_client_address: bool,
+}
+
+/// A token bucket: `burst` events at once, refilled at `events_per_sec`.
+#[derive(Clone, Copy, Debug, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct RateLimitConfig {
+    #[serde(deserialize_with = "positive_rate")]
+    pub events_per_sec: f64,
+    #[serde(deserialize_with = "positive_burst")]
+    pub burst: u32,
+}
+
+fn site_name<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let name = String::deserialize(deserializer)?;
+    if name.is_empty() || name.chars().count() > 128 {
+        return Err(serde::de::Error::custom(
+            "a site name is 1 to 128 characters",
+        ));
+    }
+    Ok(name)
+}
+
+fn write_key<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<String, D::Error> {
+    let key = String::deserialize(deserializer)?;
+    let allowed = |c: char| c.is_ascii_alphanumeric() || c == '_' || c == '-';
+    if !(8..=128).contains(&key.len()) || !key.chars().all(allowed) {
+        return Err(serde::de::Error::custom(
+            "a write key is 8 to 128 characters of A-Z, a-z, 0-9, `_` and `-`",
+        ));
+    }
+    Ok(key)
+}
+
+fn origin_list<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<OriginPattern>, D::Error> {
+    let texts = Vec::<String>::deserialize(deserializer)?;
+    if texts.is_empty() {
+        return Err(serde::de::Error::custom("a site needs at least one origin"));
+    }
+    texts
+        .iter()
+        .map(|text| OriginPattern::parse(text).map_err(serde::de::Error::custom))
+        .collect()
+}
+
+fn site_headers<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<(String, serde_json::Value)>, D::Error> {
+    let headers = BTreeMap::<String, serde_json::Value>::deserialize(deserializer)?;
+    if headers.len() > 16 {
+        return Err(serde::de::Error::custom("a site adds at most 16 headers"));
+    }
+    for (name, value) in &headers {
+        if matches!(
+            name.as_str(),
+            "type" | "event_id" | "ts" | "traceparent" | "client_address"
+        ) {
+            return Err(serde::de::Error::custom(format!(
+                "header `{name}` is set by the collector, not by a site"
+            )));
+        }
+        if name.is_empty() || name.chars().count() > 128 {
+            return Err(serde::de::Error::custom(
+                "header names are 1 to 128 characters",
+            ));
+        }
+        if !(value.is_string() || value.is_number() || value.is_boolean()) {
+            return Err(serde::de::Error::custom(format!(
+                "header `{name}`: expected a string, number or boolean"
+            )));
+        }
+    }
+    Ok(headers.into_iter().collect())
+}
+
+fn positive_rate<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<f64, D::Error> {
+    let rate = f64::deserialize(deserializer)?;
+    if !(rate.is_finite() && rate > 0.0) {
+        return Err(serde::de::Error::custom(format!(
+            "expected events per second above 0, found {rate}"
+        )));
+    }
+    Ok(rate)
+}
+
+fn positive_burst<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<u32, D::Error> {
+    let burst = u32::deserialize(deserializer)?;
+    if burst == 0 {
+        return Err(serde::de::Error::custom("expected a burst of at least 1"));
+    }
+    Ok(burst)
+}
+
+fn trusted_proxies<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Vec<ipnet::IpNet>, D::Error> {
+    Vec::<String>::deserialize(deserializer)?
+        .iter()
+        .map(|text| {
+            text.parse::<ipnet::IpNet>()
+                .or_else(|_| text.parse::<std::net::IpAddr>().map(ipnet::IpNet::from))
+                .map_err(|_| {
+                    serde::de::Error::custom(format!(
+                        "{text:?} is not an IP address or a CIDR block"
+                    ))
+                })
+        })
+        .collect()
 }
 
 /// How the router writes one output stream.
@@ -242,6 +387,46 @@ pub struct CollectorConfig {
     /// comma-separated. Unset: no authentication, allowed on loopback only.
     #[serde(default)]
     pub tokens_env: Option<String>,
+    /// Proxies (addresses or CIDR blocks) whose `X-Forwarded-For` names the
+    /// client; from anyone else the header is ignored (default none).
+    #[serde(default, deserialize_with = "trusted_proxies")]
+    pub trusted_proxies: Vec<ipnet::IpNet>,
+    /// An event id a site's sender repeats within this many seconds is
+    /// acknowledged and not written again (default 600; 0 turns it off).
+    #[serde(default = "default_dedup_window_secs")]
+    pub dedup_window_secs: u64,
+    /// Most event ids the dedup window holds; past it the oldest go first
+    /// (default 500,000, about 30 MB).
+    #[serde(default = "default_dedup_max_events")]
+    pub dedup_max_events: usize,
+    /// Most client addresses the rate limiter tracks at once; new addresses
+    /// past it share one bucket per site (default 100,000).
+    #[serde(default = "default_rate_limit_max_clients")]
+    pub rate_limit_max_clients: usize,
+    /// Most open connections; more are closed as they arrive (default 10,000).
+    #[serde(default = "default_max_connections")]
+    pub max_connections: usize,
+    /// A connection that does not send a whole request head within this
+    /// many milliseconds is closed: it bounds a slow request head and an
+    /// idle keep-alive connection alike (default 10,000).
+    #[serde(default = "default_header_read_timeout_ms")]
+    pub header_read_timeout_ms: u64,
+}
+
+fn default_dedup_window_secs() -> u64 {
+    600
+}
+fn default_dedup_max_events() -> usize {
+    500_000
+}
+fn default_rate_limit_max_clients() -> usize {
+    100_000
+}
+fn default_max_connections() -> usize {
+    10_000
+}
+fn default_header_read_timeout_ms() -> u64 {
+    10_000
 }
 
 fn default_listen() -> SocketAddr {
@@ -418,6 +603,38 @@ impl Config {
             }
         }
         check_aggregate_max("collector.aggregate_max_bytes", c.aggregate_max_bytes)?;
+        if c.max_connections == 0 {
+            return Err("collector.max_connections: expected at least 1".into());
+        }
+        if !(100..=600_000).contains(&c.header_read_timeout_ms) {
+            return Err(format!(
+                "collector.header_read_timeout_ms: expected 100 to 600,000, found {}",
+                c.header_read_timeout_ms
+            ));
+        }
+        if c.dedup_window_secs > 0 && c.dedup_max_events == 0 {
+            return Err(
+                "collector.dedup_max_events: expected at least 1 while dedup_window_secs is set"
+                    .into(),
+            );
+        }
+        if c.rate_limit_max_clients == 0 {
+            return Err("collector.rate_limit_max_clients: expected at least 1".into());
+        }
+        for (i, site) in self.sites.iter().enumerate() {
+            if let Some(other) = self.sites[..i].iter().find(|s| s.name == site.name) {
+                return Err(format!("sites: two sites are named {:?}", other.name));
+            }
+            if let Some(other) = self.sites[..i]
+                .iter()
+                .find(|s| s.write_key == site.write_key)
+            {
+                return Err(format!(
+                    "sites: sites {:?} and {:?} have the same write_key",
+                    other.name, site.name
+                ));
+            }
+        }
         let rules = self.rules();
         for (name, output) in &self.outputs {
             if !rules.streams().contains(name) {
@@ -514,6 +731,36 @@ mod tests {
                 "[[routes]]\nname = \"r\"\nmatch = { t = [{ nope = 1 }] }\nto = [\"x\"]\n",
                 "line 3",
                 "unknown matcher `nope`",
+            ),
+            (
+                "[[sites]]\nname = \"shop\"\nwrite_key = \"wk_shop_example\"\norigins = [\"https://shop.example.com/\"]\n",
+                "line 4",
+                "is not an origin",
+            ),
+            (
+                "[[sites]]\nname = \"shop\"\nwrite_key = \"short\"\norigins = [\"https://a.b\"]\n",
+                "line 3",
+                "a write key is 8 to 128 characters",
+            ),
+            (
+                "[[sites]]\nname = \"shop\"\nwrite_key = \"wk_shop_example\"\norigins = [\"https://*.b.c\"]\nheaders = { type = \"x\" }\n",
+                "line 5",
+                "header `type` is set by the collector",
+            ),
+            (
+                "[[sites]]\nname = \"shop\"\nwrite_key = \"wk_shop_example\"\norigins = [\"https://a.b\"]\nrate_limit = { events_per_sec = 0, burst = 5 }\n",
+                "line 5",
+                "expected events per second above 0",
+            ),
+            (
+                "[collector]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",
+                "line 2",
+                "not an IP address or a CIDR block",
+            ),
+            (
+                "[[sites]]\nname = \"a\"\nwrite_key = \"wk_same_key\"\norigins = [\"https://a.b\"]\n[[sites]]\nname = \"b\"\nwrite_key = \"wk_same_key\"\norigins = [\"https://a.b\"]\n",
+                "",
+                "sites \"a\" and \"b\" have the same write_key",
             ),
         ];
         for (text, line, reason) in cases {

@@ -18,6 +18,14 @@ pub enum AppError {
     UnsupportedMediaType(String),
     #[error("{0}")]
     Unauthorized(String),
+    #[error("{0}")]
+    Forbidden(String),
+    /// A rate limit: try again after the given number of seconds.
+    #[error("{reason}")]
+    TooManyRequests {
+        reason: String,
+        retry_after_secs: u32,
+    },
     /// Try again after the given number of seconds.
     #[error("{reason}")]
     Unavailable {
@@ -42,6 +50,8 @@ impl IntoResponse for AppError {
             AppError::TooLarge(_) => StatusCode::PAYLOAD_TOO_LARGE,
             AppError::UnsupportedMediaType(_) => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             AppError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            AppError::Forbidden(_) => StatusCode::FORBIDDEN,
+            AppError::TooManyRequests { .. } => StatusCode::TOO_MANY_REQUESTS,
             AppError::Unavailable { .. } => StatusCode::SERVICE_UNAVAILABLE,
             AppError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
             AppError::Rejected(rejections) => {
@@ -65,6 +75,10 @@ impl IntoResponse for AppError {
                 (status, Json(body)).into_response()
             }
             AppError::Unavailable {
+                reason,
+                retry_after_secs,
+            }
+            | AppError::TooManyRequests {
                 reason,
                 retry_after_secs,
             } => {

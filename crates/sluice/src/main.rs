@@ -303,7 +303,9 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 None => sluice_core::sample::DEFAULT_START_MS,
                 Some("now") => chrono::Utc::now().timestamp_millis(),
                 Some(text) => chrono::DateTime::parse_from_rfc3339(text)
-                    .map_err(|_| anyhow::anyhow!("--start {text:?}: expected `now` or an RFC 3339 time"))?
+                    .map_err(|_| {
+                        anyhow::anyhow!("--start {text:?}: expected `now` or an RFC 3339 time")
+                    })?
                     .timestamp_millis(),
             };
             let mut out = std::io::BufWriter::new(std::io::stdout().lock());

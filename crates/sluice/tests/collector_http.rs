@@ -30,10 +30,15 @@ async fn serve(
         source: "web".into(),
     };
     let collector = Arc::new(Collector::new(producer, rules, queue_events));
-    let app = sluice::server::http_routes(collector.clone(), streams, Tokens::new(tokens), 1 << 20);
+    let app = sluice::server::http_routes(collector.clone(), streams, Tokens::new(tokens));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
+    tokio::spawn(sluice::server::serve_http(
+        listener,
+        app,
+        sluice::server::HttpLimits::default(),
+        std::future::pending(),
+    ));
     (url, collector)
 }
 

@@ -46,6 +46,15 @@ metrics! {
     Counter COLLECTOR_EVENTS_REJECTED
         "sluice_collector_events_rejected_total"
         "Events rejected, by reason.";
+    Counter COLLECTOR_EVENTS_DEDUPLICATED
+        "sluice_collector_events_deduplicated_total"
+        "Events a site's sender resent within the dedup window: acknowledged, not written again.";
+    Gauge COLLECTOR_CONNECTIONS
+        "sluice_collector_connections"
+        "HTTP connections open now.";
+    Counter COLLECTOR_CONNECTIONS_REFUSED
+        "sluice_collector_connections_refused_total"
+        "HTTP connections closed on arrival because collector.max_connections were open.";
     Histogram COLLECTOR_REQUEST_DURATION
         "sluice_collector_request_duration_seconds"
         "Time from a request's arrival at the collector to its answer.";

@@ -4,9 +4,9 @@
 
 use bytes::Bytes;
 use serde_json::Value;
-use sluice_core::{envelope, sample};
 use sluice_core::stream::Record;
 use sluice_core::SequenceNumber;
+use sluice_core::{envelope, sample};
 
 /// Up to `limit` sample events as envelopes, each padded to `size` bytes.
 pub fn records(size: usize, limit: usize) -> Vec<Record> {

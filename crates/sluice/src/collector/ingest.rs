@@ -55,6 +55,10 @@ pub enum BodyFormat {
     Json,
     /// `application/x-ndjson` (or jsonl): one event per line.
     Ndjson,
+    /// `text/plain`, what beacons and CORS-simple requests send: a JSON
+    /// array of events when it starts with `[`, else NDJSON (a one-line
+    /// event is NDJSON of one line).
+    Text,
 }
 
 impl BodyFormat {
@@ -72,6 +76,7 @@ impl BodyFormat {
             | "application/ndjson"
             | "application/jsonl"
             | "application/x-jsonlines" => Some(BodyFormat::Ndjson),
+            "text/plain" => Some(BodyFormat::Text),
             _ => None,
         }
     }
@@ -193,6 +198,13 @@ impl RawHeaders<'_> {
 
 /// Splits a body into the raw text of each event.
 fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8])>, BodyError> {
+    let format = match format {
+        BodyFormat::Text => match body.iter().find(|b| !b.is_ascii_whitespace()) {
+            Some(b'[') => BodyFormat::Json,
+            _ => BodyFormat::Ndjson,
+        },
+        other => other,
+    };
     match format {
         BodyFormat::Ndjson => {
             let events: Vec<(usize, &[u8])> = body
@@ -233,7 +245,21 @@ fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8])>, BodyErr
                 },
             }
         }
+        BodyFormat::Text => unreachable!("text is read as JSON or NDJSON above"),
     }
+}
+
+/// What a request adds to each of its events.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Extras<'a> {
+    /// The request's trace context, written into every event that does not
+    /// carry its own (from the page that sent it).
+    pub traceparent: Option<&'a str>,
+    /// The sending site's headers (name, JSON text): they replace a
+    /// sender's header of the same name.
+    pub site_headers: &'a [(String, Vec<u8>)],
+    /// Written as the `client_address` header, for sites that ask for it.
+    pub client_address: Option<&'a str>,
 }
 
 /// Checks a body and builds the records to write. `clock` gives the event
@@ -244,17 +270,19 @@ pub fn ingest(
     rules: &IngestRules,
     clock: &dyn Clock,
 ) -> Result<Ingested, BodyError> {
-    ingest_traced(body, format, rules, clock, None)
+    ingest_with(body, format, rules, clock, &Extras::default(), None)
 }
 
-/// As [`ingest`], writing `traceparent` into the headers of every event
-/// that does not carry its own (from the page that sent it).
-pub fn ingest_traced(
+/// As [`ingest`], with what the request adds to its events. With
+/// `sender_ids`, the `event_id` each accepted event was sent with (`None`
+/// where the collector made one) is pushed there, in order.
+pub fn ingest_with(
     body: &Bytes,
     format: BodyFormat,
     rules: &IngestRules,
     clock: &dyn Clock,
-    traceparent: Option<&str>,
+    extras: &Extras,
+    mut sender_ids: Option<&mut Vec<Option<String>>>,
 ) -> Result<Ingested, BodyError> {
     let events = split(body, format)?;
     if events.len() > rules.max_events {
@@ -266,8 +294,13 @@ pub fn ingest_traced(
     let mut records = Vec::with_capacity(events.len());
     let mut rejections = Vec::new();
     for (index, text) in events {
-        match build(text, rules, clock, traceparent) {
-            Ok(record) => records.push(record),
+        match build(text, rules, clock, extras) {
+            Ok((record, sender_id)) => {
+                records.push(record);
+                if let Some(ids) = sender_ids.as_deref_mut() {
+                    ids.push(sender_id);
+                }
+            }
             Err((status, reason)) => rejections.push(Rejection {
                 index,
                 status,
@@ -294,24 +327,16 @@ fn short_string(value: Value, field: &str, max: usize) -> Result<String, (u16, S
     }
 }
 
+/// One event's record, and the `event_id` its sender gave, if any.
 fn build(
     text: &[u8],
     rules: &IngestRules,
     clock: &dyn Clock,
-    traceparent: Option<&str>,
-) -> Result<PutRecord, (u16, String)> {
-    // An event can't make an envelope smaller than itself minus its framing,
-    // so the raw size is a cheap first check.
-    if text.len() > rules.max_event_bytes + 64 {
-        return Err((
-            413,
-            format!(
-                "event is {} bytes; the limit is {}",
-                text.len(),
-                rules.max_event_bytes
-            ),
-        ));
-    }
+    extras: &Extras,
+) -> Result<(PutRecord, Option<String>), (u16, String)> {
+    // No size check before parsing: whitespace and `partition_key` are not
+    // part of the envelope, so only the envelope's size can be held to the
+    // limit (the body's size bounds the parsing).
     let event: IncomingEvent = serde_json::from_slice(text).map_err(|e| {
         if e.is_data() {
             bad(format!("not a valid event: {e}"))
@@ -365,10 +390,11 @@ fn build(
             )));
         }
     }
-    let event_id = match event.event_id {
-        Some(value) => short_string(value, "event_id", MAX_NAME_CHARS)?,
-        None => clock.new_id(),
+    let sender_id = match event.event_id {
+        Some(value) => Some(short_string(value, "event_id", MAX_NAME_CHARS)?),
+        None => None,
     };
+    let event_id = sender_id.clone().unwrap_or_else(|| clock.new_id());
     let ts = match event.ts {
         Some(Value::String(text)) => normalize_ts(&text)
             .ok_or_else(|| bad(format!("`ts` {text:?} is not an RFC 3339 time")))?,
@@ -390,17 +416,37 @@ fn build(
     let payload = event.payload.map(|raw| raw.get().as_bytes());
     let mut envelope = EnvelopeBuilder::with_capacity(text.len() + 128);
     envelope.header_str("type", &kind);
-    match sender_headers.get("source") {
-        Some(source) => envelope.header_raw("source", source.get().as_bytes()),
-        None => envelope.header_str("source", &rules.source),
+    let site_header = |name: &str| {
+        extras
+            .site_headers
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, v)| v.as_slice())
+    };
+    match (site_header("source"), sender_headers.get("source")) {
+        (Some(source), _) => envelope.header_raw("source", source),
+        (None, Some(source)) => envelope.header_raw("source", source.get().as_bytes()),
+        (None, None) => envelope.header_str("source", &rules.source),
     }
     envelope.header_str("event_id", &event_id);
     envelope.header_str("ts", &ts);
-    if let Some(tp) = traceparent.filter(|_| sender_headers.get("traceparent").is_none()) {
+    if let Some(tp) = extras
+        .traceparent
+        .filter(|_| sender_headers.get("traceparent").is_none())
+    {
         envelope.header_str("traceparent", tp);
     }
-    for (name, value) in sender_headers.0.iter().filter(|(n, _)| n != "source") {
+    let stored_address = extras.client_address.is_some();
+    for (name, value) in sender_headers.0.iter().filter(|(n, _)| {
+        n != "source" && site_header(n).is_none() && !(stored_address && n == "client_address")
+    }) {
         envelope.header_raw(name, value.get().as_bytes());
+    }
+    for (name, value) in extras.site_headers.iter().filter(|(n, _)| n != "source") {
+        envelope.header_raw(name, value);
+    }
+    if let Some(address) = extras.client_address {
+        envelope.header_str("client_address", address);
     }
     let data = envelope.finish(payload);
     if data.len() > rules.max_event_bytes {
@@ -413,7 +459,7 @@ fn build(
             ),
         ));
     }
-    Ok(PutRecord::new(partition_key, data))
+    Ok((PutRecord::new(partition_key, data), sender_id))
 }
 
 /// Where event times and ids come from, for events that lack them.
@@ -674,6 +720,87 @@ mod tests {
             BodyFormat::from_content_type("Application/X-NDJSON"),
             Some(BodyFormat::Ndjson)
         );
-        assert_eq!(BodyFormat::from_content_type("text/plain"), None);
+        assert_eq!(
+            BodyFormat::from_content_type("text/plain;charset=UTF-8"),
+            Some(BodyFormat::Text)
+        );
+        assert_eq!(BodyFormat::from_content_type("text/html"), None);
+        assert_eq!(BodyFormat::from_content_type(""), None);
+    }
+
+    #[test]
+    fn text_bodies_are_ndjson_or_a_json_array() {
+        let ndjson = "{\"type\":\"a\"}\n{\"type\":\"b\"}\n";
+        let array = " [{\"type\":\"a\"},{\"type\":\"b\"}]";
+        for body in [ndjson, array] {
+            match ingest(&Bytes::from(body), BodyFormat::Text, &rules(), &FixedClock).unwrap() {
+                Ingested::Accepted(records) => assert_eq!(records.len(), 2, "{body}"),
+                Ingested::Rejected(r) => panic!("{body}: {r:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn site_headers_replace_the_senders_and_the_address_is_stored_only_when_asked() {
+        let body = Bytes::from(
+            "{\"type\":\"click\",\"event_id\":\"e-1\",\"headers\":{\"site\":\"forged\",\"region\":\"eu\",\"client_address\":\"1.2.3.4\"}}",
+        );
+        let site_headers = vec![
+            ("site".to_owned(), b"\"shop\"".to_vec()),
+            ("source".to_owned(), b"\"shop-web\"".to_vec()),
+        ];
+        let extras = Extras {
+            traceparent: None,
+            site_headers: &site_headers,
+            client_address: Some("203.0.113.9"),
+        };
+        let mut ids = Vec::new();
+        let Ingested::Accepted(records) = ingest_with(
+            &body,
+            BodyFormat::Json,
+            &rules(),
+            &FixedClock,
+            &extras,
+            Some(&mut ids),
+        )
+        .unwrap() else {
+            panic!("rejected")
+        };
+        assert_eq!(ids, [Some("e-1".to_owned())]);
+        let envelope = decode(&records[0].data).unwrap();
+        let text = |name: &str| match envelope.headers.get(name) {
+            Some(HeaderValue::Str(s)) => s.clone(),
+            other => panic!("{name}: {other:?}"),
+        };
+        assert_eq!(text("site"), "shop");
+        assert_eq!(text("source"), "shop-web");
+        assert_eq!(text("region"), "eu");
+        assert_eq!(text("client_address"), "203.0.113.9");
+        assert_eq!(
+            std::str::from_utf8(&records[0].data)
+                .unwrap()
+                .matches("\"site\"")
+                .count(),
+            1,
+            "each header once"
+        );
+        // Without the site asking, the collector stores no address (the
+        // sender's own header of that name is the sender's data).
+        let plain = Extras {
+            client_address: None,
+            ..extras
+        };
+        let Ingested::Accepted(records) =
+            ingest_with(&body, BodyFormat::Json, &rules(), &FixedClock, &plain, None).unwrap()
+        else {
+            panic!("rejected")
+        };
+        assert_eq!(
+            decode(&records[0].data)
+                .unwrap()
+                .headers
+                .get("client_address"),
+            Some(&HeaderValue::Str("1.2.3.4".into()))
+        );
     }
 }

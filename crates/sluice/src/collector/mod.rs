@@ -3,15 +3,21 @@
 //! acknowledged all of them.
 
 pub mod ingest;
+pub mod limit;
+pub mod recent;
+pub mod sites;
+pub mod tracker;
 
+use std::io::Read;
+use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::extract::{Request, State};
-use axum::http::{header, HeaderMap, StatusCode};
+use axum::extract::{ConnectInfo, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::Json;
+use axum::{Extension, Json};
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -19,8 +25,11 @@ use sluice_client::{ProduceError, Producer};
 use sluice_core::retry::Retryable;
 use sluice_telemetry::{metrics, Counter, Gauge, Histogram};
 
+use crate::auth::Tokens;
 use crate::error::AppError;
-use ingest::{BodyError, BodyFormat, IngestRules, Ingested};
+use ingest::{BodyError, BodyFormat, Extras, IngestRules, Ingested};
+use recent::RecentEvents;
+use sites::{Site, Sites};
 
 /// The collector's shared state.
 pub struct Collector {
@@ -28,24 +37,69 @@ pub struct Collector {
     pub rules: IngestRules,
     /// Bounds the events waiting for the stream across all requests.
     pub queue: Arc<Semaphore>,
+    /// Largest request body, compressed or not (`collector.max_body_bytes`).
+    pub max_body_bytes: usize,
+    /// Websites, by write key.
+    pub sites: Sites,
+    /// Event ids sites' senders had acknowledged lately.
+    pub recent: RecentEvents,
     received: Counter,
     accepted: Counter,
+    deduplicated: Counter,
     queue_depth: Gauge,
 }
 
 impl Collector {
+    /// A collector with no sites (bearer tokens only), the dedup window
+    /// off, and bodies up to 8 MiB.
     pub fn new(producer: Producer, rules: IngestRules, queue_events: usize) -> Self {
         Self {
             producer,
             rules,
             queue: Arc::new(Semaphore::new(queue_events)),
+            max_body_bytes: 8 * 1024 * 1024,
+            sites: Sites::default(),
+            recent: RecentEvents::new(Duration::ZERO, 0),
             received: metrics::COLLECTOR_EVENTS_RECEIVED.counter(&[]),
             accepted: metrics::COLLECTOR_EVENTS_ACCEPTED.counter(&[]),
+            deduplicated: metrics::COLLECTOR_EVENTS_DEDUPLICATED.counter(&[]),
             queue_depth: metrics::COLLECTOR_QUEUE_DEPTH.gauge(&[]),
         }
     }
+
+    /// Sites that may write with their public keys, and the window in
+    /// which their resent events are recognised.
+    pub fn with_sites(mut self, sites: Sites, recent: RecentEvents) -> Self {
+        self.sites = sites;
+        self.recent = recent;
+        self
+    }
+
+    pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
+        self.max_body_bytes = max_body_bytes;
+        self
+    }
 }
 
+/// Who writes a request: a site's page, by its public write key, from a
+/// client address; or a server, by a bearer token (or anyone, when no
+/// tokens are configured and Sluice listens on loopback).
+#[derive(Clone)]
+pub enum Writer {
+    Site { site: Arc<Site>, client: IpAddr },
+    Server,
+}
+
+/// Counts the events a request holds back while it waits for the stream,
+/// and gives them back however the request ends (a client that hangs up
+/// mid-request included).
+struct QueueDepth<'a>(&'a Gauge, i64);
+
+impl Drop for QueueDepth<'_> {
+    fn drop(&mut self) {
+        self.0.add(-self.1);
+    }
+}
 /// Counts every collector request by status and times it to its answer.
 pub async fn measure(request: Request, next: Next) -> Response {
     static DURATION: OnceLock<Histogram> = OnceLock::new();
@@ -70,35 +124,224 @@ fn reject_reason(reason: &str) {
         .inc();
 }
 
+/// Middleware of `POST /v1/events`: tells who writes, and refuses who may
+/// not. A write key must be a site's (401) and a browser's `Origin` one of
+/// that site's (403); the answer to an allowed origin carries its CORS
+/// headers, errors included, so the page can read them. Without a write
+/// key, a bearer token is checked as for every `/v1` route.
+pub async fn authorize(
+    State((collector, tokens)): State<(Arc<Collector>, Tokens)>,
+    mut request: Request,
+    next: Next,
+) -> Result<Response, AppError> {
+    let Some(key) = sites::write_key(request.uri(), request.headers()) else {
+        tokens.check(request.headers())?;
+        request.extensions_mut().insert(Writer::Server);
+        return Ok(next.run(request).await);
+    };
+    let site = collector
+        .sites
+        .by_key(key)
+        .cloned()
+        .ok_or_else(|| AppError::Unauthorized("unknown write key".into()))?;
+    let origin = request.headers().get(header::ORIGIN).cloned();
+    if let Some(origin) = &origin {
+        let text = origin.to_str().unwrap_or("");
+        if !site.allows_origin(text) {
+            reject_reason("origin_not_allowed");
+            return Err(AppError::Forbidden(format!(
+                "origin {text:?} may not use this write key"
+            )));
+        }
+    }
+    let peer = request
+        .extensions()
+        .get::<ConnectInfo<SocketAddr>>()
+        .map(|ConnectInfo(peer)| *peer);
+    let client = collector.sites.client_address(peer, request.headers());
+    request
+        .extensions_mut()
+        .insert(Writer::Site { site, client });
+    let mut response = next.run(request).await;
+    if let Some(origin) = &origin {
+        sites::allow_origin(response.headers_mut(), origin);
+    }
+    Ok(response)
+}
+
+/// `OPTIONS /v1/events`: the CORS preflight. Answered for an allowed origin
+/// only (that of the key in the query, or of any site when the key comes
+/// in a header the preflight cannot show), for `POST` with the headers
+/// the tracker sends; anything else gets 403 and no CORS headers, which
+/// the browser takes as a refusal.
+pub async fn preflight(
+    State(collector): State<Arc<Collector>>,
+    uri: Uri,
+    headers: HeaderMap,
+) -> Result<Response, AppError> {
+    let origin = headers
+        .get(header::ORIGIN)
+        .ok_or_else(|| AppError::BadRequest("a CORS preflight names its Origin".into()))?;
+    let text = origin.to_str().unwrap_or("");
+    let allowed = match sites::write_key(&uri, &headers) {
+        Some(key) => collector
+            .sites
+            .by_key(key)
+            .is_some_and(|site| site.allows_origin(text)),
+        None => collector.sites.any_allows_origin(text),
+    };
+    if !allowed {
+        return Err(AppError::Forbidden(format!(
+            "origin {text:?} may not send events here"
+        )));
+    }
+    sites::check_preflight(&headers).map_err(AppError::Forbidden)?;
+    let mut response = StatusCode::NO_CONTENT.into_response();
+    let answer = response.headers_mut();
+    sites::allow_origin(answer, origin);
+    answer.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("POST"),
+    );
+    answer.insert(
+        header::ACCESS_CONTROL_ALLOW_HEADERS,
+        HeaderValue::from_static("content-type, sluice-key, traceparent"),
+    );
+    answer.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from(sites::PREFLIGHT_MAX_AGE_SECS),
+    );
+    Ok(response)
+}
+
+fn rate_limited(wait: Duration) -> AppError {
+    reject_reason("rate_limited");
+    AppError::TooManyRequests {
+        reason: "this site's rate limit for your address is reached; retry later".into(),
+        retry_after_secs: wait.as_secs_f64().ceil().max(1.0) as u32,
+    }
+}
+
+/// Reads the body, at most `limit` bytes after decompression.
+async fn read_body(
+    body: axum::body::Body,
+    headers: &HeaderMap,
+    limit: usize,
+) -> Result<Bytes, AppError> {
+    let too_large = || {
+        reject_reason("too_large");
+        AppError::TooLarge(format!(
+            "the body is larger than this collector's limit of {limit} bytes"
+        ))
+    };
+    let encoding = headers
+        .get(header::CONTENT_ENCODING)
+        .map(|v| v.to_str().unwrap_or("?").trim().to_ascii_lowercase());
+    let gzip = match encoding.as_deref() {
+        None | Some("identity") => false,
+        Some("gzip") => true,
+        Some(other) => {
+            return Err(AppError::UnsupportedMediaType(format!(
+                "content encoding {other:?} is not supported; send gzip or none"
+            )))
+        }
+    };
+    let declared = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let body = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let over = std::error::Error::source(&e)
+            .is_some_and(|s| s.is::<http_body_util::LengthLimitError>());
+        if over {
+            too_large()
+        } else {
+            AppError::BadRequest(format!("could not read the body: {e}"))
+        }
+    })?;
+    if !gzip {
+        return Ok(body);
+    }
+    // Bounded work and memory: decompression stops one byte past the limit.
+    let mut plain = Vec::with_capacity((body.len() * 4).min(limit + 1));
+    flate2::read::MultiGzDecoder::new(&body[..])
+        .take(limit as u64 + 1)
+        .read_to_end(&mut plain)
+        .map_err(|e| AppError::BadRequest(format!("the gzip body is corrupt: {e}")))?;
+    if plain.len() > limit {
+        return Err(too_large());
+    }
+    Ok(Bytes::from(plain))
+}
+
 /// `POST /v1/events`.
 pub async fn post_events(
     State(collector): State<Arc<Collector>>,
-    headers: HeaderMap,
-    body: Bytes,
-) -> Result<impl IntoResponse, AppError> {
+    writer: Option<Extension<Writer>>,
+    request: Request,
+) -> Result<Response, AppError> {
+    let (parts, body) = request.into_parts();
+    let headers = &parts.headers;
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
+    // Checked before the body is read.
     let format = BodyFormat::from_content_type(content_type).ok_or_else(|| {
         AppError::UnsupportedMediaType(format!(
-            "content type {content_type:?} is not supported; send application/json (an event or an array) or application/x-ndjson"
+            "content type {content_type:?} is not supported; send application/json (an event or an array), application/x-ndjson, or text/plain holding either"
         ))
     })?;
-    // A span per request; its context goes into every envelope.
+    let writer = writer.map_or(Writer::Server, |Extension(w)| w);
+    let site = match &writer {
+        Writer::Site { site, client } => Some((site.as_ref(), *client)),
+        Writer::Server => None,
+    };
+    // A request costs one token before its body is read, the rest of its
+    // events after: a flood of bad bodies is limited too.
+    if let Some((
+        Site {
+            limiter: Some(limiter),
+            ..
+        },
+        client,
+    )) = site
+    {
+        limiter.take(client, 1).map_err(rate_limited)?;
+    }
+    let body = read_body(body, headers, collector.max_body_bytes).await?;
+
+    // A span per request, continuing the caller's trace when it sent one
+    // (a page's OpenTelemetry SDK or RUM agent); its context goes into
+    // every envelope.
+    let caller = headers.get("traceparent").and_then(|v| v.to_str().ok());
     let span = sluice_telemetry::trace::start(
         "collector.request",
         sluice_telemetry::trace::Kind::Server,
-        None,
+        caller,
         &[],
     );
     let traceparent = span.traceparent();
-    let outcome = ingest::ingest_traced(
+    let client_address = site
+        .filter(|(site, _)| site.store_client_address)
+        .map(|(_, client)| client.to_string());
+    let extras = Extras {
+        traceparent: traceparent.as_deref(),
+        site_headers: site.map_or(&[], |(site, _)| site.headers.as_slice()),
+        client_address: client_address.as_deref(),
+    };
+    let dedup = site.filter(|_| collector.recent.enabled());
+    let mut sender_ids = Vec::new();
+    let outcome = ingest::ingest_with(
         &body,
         format,
         &collector.rules,
         &ingest::SystemClock,
-        traceparent.as_deref(),
+        &extras,
+        dedup.is_some().then_some(&mut sender_ids),
     )
     .map_err(|e| {
         reject_reason(match e {
@@ -110,7 +353,7 @@ pub async fn post_events(
             other => AppError::BadRequest(other.to_string()),
         }
     })?;
-    let records = match outcome {
+    let mut records = match outcome {
         Ingested::Accepted(records) => records,
         Ingested::Rejected(rejections) => {
             for r in &rejections {
@@ -125,21 +368,80 @@ pub async fn post_events(
     };
     let count = records.len();
     collector.received.add(count as u64);
-    let Ok(permit) = collector.queue.clone().try_acquire_many_owned(count as u32) else {
+    if let Some((
+        Site {
+            limiter: Some(limiter),
+            ..
+        },
+        client,
+    )) = site
+    {
+        if count > 1 {
+            limiter
+                .take(client, (count - 1).min(u32::MAX as usize) as u32)
+                .map_err(rate_limited)?;
+        }
+    }
+
+    // Events this site's senders had acknowledged lately are acknowledged
+    // again and not written twice (nor twice within one request).
+    let mut written_keys = Vec::new();
+    if let Some((site, _)) = dedup {
+        let keys: Vec<Option<recent::EventKey>> = sender_ids
+            .iter()
+            .map(|id| id.as_deref().map(|id| collector.recent.key(&site.name, id)))
+            .collect();
+        let present: Vec<recent::EventKey> = keys.iter().flatten().copied().collect();
+        let mut seen = collector.recent.seen(&present).into_iter();
+        let mut in_request = std::collections::HashSet::new();
+        let mut keep = Vec::with_capacity(count);
+        for key in &keys {
+            keep.push(match key {
+                Some(key) => {
+                    let again = seen.next().unwrap_or(false) || !in_request.insert(*key);
+                    if !again {
+                        written_keys.push(*key);
+                    }
+                    !again
+                }
+                None => true,
+            });
+        }
+        let mut flags = keep.into_iter();
+        records.retain(|_| flags.next().unwrap_or(true));
+        collector.deduplicated.add((count - records.len()) as u64);
+    }
+
+    let to_write = records.len();
+    let Ok(permit) = collector
+        .queue
+        .clone()
+        .try_acquire_many_owned(to_write as u32)
+    else {
         reject_reason("queue_full");
         return Err(AppError::Unavailable {
             reason: "the collector's queue is full; retry shortly".into(),
             retry_after_secs: 1,
         });
     };
-    collector.queue_depth.add(count as i64);
-    let sent = collector.producer.send(records).await;
-    collector.queue_depth.add(-(count as i64));
+    collector.queue_depth.add(to_write as i64);
+    let depth = QueueDepth(&collector.queue_depth, to_write as i64);
+    let sent = if to_write == 0 {
+        Ok(())
+    } else {
+        collector.producer.send(records).await
+    };
+    drop(depth);
     drop(permit);
     match sent {
         Ok(()) => {
-            collector.accepted.add(count as u64);
-            Ok((StatusCode::ACCEPTED, Json(serde_json::json!({ "accepted": count }))))
+            collector.recent.remember(&written_keys);
+            collector.accepted.add(to_write as u64);
+            Ok((
+                StatusCode::ACCEPTED,
+                Json(serde_json::json!({ "accepted": count })),
+            )
+                .into_response())
         }
         Err(e @ ProduceError::Closed(_)) => Err(AppError::Unavailable {
             reason: format!("shutting down: {e}"),
