@@ -3,9 +3,8 @@
 //! events are posted loses nothing that was acknowledged.
 
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -47,78 +46,17 @@ to = ["clickstream", "cart"]
 to = "unrouted"
 "#;
 
-const TOKEN: &str = "e2e-secret-token";
+mod support;
+use support::process::{Sluice, TOKEN};
 
-struct Sluice {
-    child: Child,
-    url: String,
-    /// The line that announced the address.
-    banner: String,
+/// `sluice COMMAND` with the test configuration.
+fn start_command(dir: &Path, command: &str) -> Sluice {
+    Sluice::start_with(dir, command, CONFIG, &[])
 }
 
-impl Sluice {
-    fn start(dir: &Path) -> Self {
-        Self::start_command(dir, "up")
-    }
-
-    fn start_command(dir: &Path, command: &str) -> Self {
-        Self::start_with(dir, command, CONFIG, &[])
-    }
-
-    /// Starts `sluice COMMAND` with a configuration text and extra environment.
-    fn start_with(dir: &Path, command: &str, config_text: &str, env: &[(&str, &str)]) -> Self {
-        let config = dir.join("sluice.toml");
-        std::fs::write(&config, config_text).unwrap();
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(dir.join("sluice.log"))
-            .unwrap();
-        let mut child = Command::new(env!("CARGO_BIN_EXE_sluice"))
-            .arg(command)
-            .arg("--config")
-            .arg(&config)
-            .arg("--data-dir")
-            .arg(dir.join("data"))
-            .args(["--listen", "127.0.0.1:0"])
-            .env("E2E_TOKENS", format!("other-token,{TOKEN}"))
-            .envs(env.iter().copied())
-            .stdout(Stdio::piped())
-            .stderr(log)
-            .spawn()
-            .expect("start sluice");
-        let stdout = child.stdout.take().unwrap();
-        let mut lines = BufReader::new(stdout).lines();
-        let (url, banner) = loop {
-            let line = lines
-                .next()
-                .unwrap_or_else(|| {
-                    panic!(
-                        "sluice exited before listening; see {}",
-                        dir.join("sluice.log").display()
-                    )
-                })
-                .unwrap();
-            if let Some(rest) = line.split("listening on ").nth(1) {
-                break (rest.trim().to_owned(), line.clone());
-            }
-        };
-        // Keep draining stdout so the process never blocks on it.
-        std::thread::spawn(move || for _ in lines {});
-        Self { child, url, banner }
-    }
-
-    fn kill_9(&mut self) {
-        self.child.kill().unwrap();
-        self.child.wait().unwrap();
-    }
-}
-
-impl Drop for Sluice {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
+/// `sluice up` with the test configuration.
+fn start_up(dir: &Path) -> Sluice {
+    start_command(dir, "up")
 }
 
 /// An HTTP client that presents the token.
@@ -317,7 +255,7 @@ const STREAMS: [&str; 5] = [
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start(dir.path());
+    let sluice = start_up(dir.path());
     let url = sluice.url.clone();
 
     // A mix of types; payloads with odd spacing and escapes must pass byte for byte.
@@ -550,7 +488,7 @@ async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_while_posting_loses_no_acknowledged_event() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sluice = Sluice::start(dir.path());
+    let mut sluice = start_up(dir.path());
     let url = sluice.url.clone();
     let kinds = ["purchase", "click", "heartbeat"];
     let (posters, acked) = Posters::start(&url, 50, move |poster, batch, i| {
@@ -569,7 +507,7 @@ async fn kill_9_while_posting_loses_no_acknowledged_event() {
     }
     let acked: Vec<(String, &str)> = acked.lock().unwrap().clone();
 
-    let sluice = Sluice::start(dir.path());
+    let sluice = start_up(dir.path());
     let url = sluice.url.clone();
     let routed_to = |kind: &str| match kind {
         "purchase" => "transactions",
@@ -625,7 +563,7 @@ fn sluice_cli(args: &[&str]) -> std::process::Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cli_sends_and_tails_and_sigterm_drains() {
     let dir = tempfile::tempdir().unwrap();
-    let mut sluice = Sluice::start(dir.path());
+    let mut sluice = start_up(dir.path());
     let url = sluice.url.clone();
 
     // `sluice sample` writes the generated shop events; `sluice send` posts
@@ -706,7 +644,7 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
     let log = std::fs::read_to_string(dir.path().join("sluice.log")).unwrap();
     assert!(log.contains("stopped"), "{log}");
 
-    let sluice = Sluice::start(dir.path());
+    let sluice = start_up(dir.path());
     let inbound: HashSet<String> = read_stream(&sluice.url, "inbound")
         .await
         .iter()
@@ -722,7 +660,7 @@ async fn cli_sends_and_tails_and_sigterm_drains() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_collector_command_collects_without_routing() {
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start_command(dir.path(), "collector");
+    let sluice = start_command(dir.path(), "collector");
     let (status, _) = post(
         &sluice.url,
         "application/json",
@@ -741,7 +679,7 @@ async fn the_collector_command_collects_without_routing() {
         sluice.banner
     );
     let up_dir = tempfile::tempdir().unwrap();
-    let up = Sluice::start(up_dir.path());
+    let up = start_up(up_dir.path());
     assert!(
         up.banner.contains("collector, router and read API"),
         "{}",

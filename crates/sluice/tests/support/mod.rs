@@ -1,0 +1,6 @@
+//! What several integration tests share: a `sluice` process, and headless
+//! Chromium over the DevTools protocol.
+#![allow(dead_code)]
+
+pub mod cdp;
+pub mod process;
