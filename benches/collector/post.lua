@@ -2,7 +2,15 @@
 -- request, rotating through the file so requests carry different events
 -- and partition keys, as real traffic does. Reports latency percentiles
 -- and the count of answers other than 202.
+--
+-- As a browser's beacon: BEACON_KEY=<write key> sends text/plain with the
+-- key in the query and ORIGIN (default https://shop.example.com) as Origin.
+-- UNIQUE_IDS=1 gives every event an event_id of its own, as the tracker
+-- does (the collector's dedup window then sees each once).
 local per_request = tonumber(os.getenv("PER_REQUEST") or "100")
+local beacon_key = os.getenv("BEACON_KEY")
+local origin = os.getenv("ORIGIN") or "https://shop.example.com"
+local unique_ids = os.getenv("UNIQUE_IDS") == "1"
 local lines = {}
 for line in io.lines(os.getenv("EVENTS_FILE")) do
   lines[#lines + 1] = line
@@ -10,6 +18,19 @@ end
 
 local bodies = {}
 local content_type = per_request == 1 and "application/json" or "application/x-ndjson"
+local path = "/v1/events"
+local headers = {}
+if beacon_key then
+  content_type = "text/plain;charset=UTF-8"
+  path = "/v1/events?key=" .. beacon_key
+  headers["Origin"] = origin
+end
+headers["Content-Type"] = content_type
+if unique_ids then
+  for i, line in ipairs(lines) do
+    lines[i] = line:gsub("^{", '{"event_id":"@ID@",', 1)
+  end
+end
 for start = 1, #lines - per_request + 1, per_request do
   bodies[#bodies + 1] = table.concat(lines, "\n", start, start + per_request - 1)
 end
@@ -17,14 +38,23 @@ end
 local counter = 0
 function setup(thread)
   thread:set("offset", counter * 9973)
+  thread:set("prefix", string.format("w%d-%d-", counter, os.time()))
   counter = counter + 1
 end
+
+id = 0
 
 local next_body = 0
 function request()
   next_body = next_body + 1
   local body = bodies[((next_body + (offset or 0)) % #bodies) + 1]
-  return wrk.format("POST", "/v1/events", { ["Content-Type"] = content_type }, body)
+  if unique_ids then
+    body = body:gsub("@ID@", function()
+      id = id + 1
+      return prefix .. id
+    end)
+  end
+  return wrk.format("POST", path, headers, body)
 end
 
 function done(summary, latency, requests)
