@@ -1,49 +1,47 @@
-/*! Sluice tracker: events batched to a Sluice collector, kept until acknowledged */
+/*! Sluice tracker */
 ((root) => {
   if (root.Sluice) return;
   const doc = root.document;
-  const LIMIT = 60000; // keepalive budget: 64 KiB a page
-  const bytes = (s) => new TextEncoder().encode(s).length;
+  const LIMIT = 60000; // of 64 KiB for keepalive
+  const bytes = (s) => s.length + 2 * (s.match(/[^\0-\x7f]/g) || "").length;
 
+  const hex = [...Array(256)].map((_, i) => (i + 256).toString(16).slice(1));
   const uuid7 = (ms, b) => {
-    for (let i = 5; i >= 0; i--) { b[i] = ms % 256; ms = Math.floor(ms / 256); }
+    b.set([ms / 2 ** 40, ms / 2 ** 32, ms / 2 ** 24, ms / 2 ** 16, ms / 256, ms]);
     b[6] = (b[6] & 15) | 112;
     b[8] = (b[8] & 63) | 128;
-    return [...b].map((x) => (x + 256).toString(16).slice(1)).join("").replace(/(.{8})(.{4})(.{4})(.{4})/, "$1-$2-$3-$4-");
+    let s = "";
+    for (let i = 0; i < 16; i++) s += hex[b[i]] + (i % 2 && i > 2 && i < 10 ? "-" : "");
+    return s;
   };
 
-  // env: the browser (fetch, beacon, store, now, timer, rnd, warn); tests stand in
   const create = (o, env) => {
-    const key = o.key, url = `${(o.endpoint || "").replace(/\/$/, "")}/v1/events?key=${encodeURIComponent(key)}`;
+    const key = o.key, url = `${(o.endpoint || "").replace(/\/$/, "")}/v1/events?key=${key}`;
     const size = o.batchSize || 20, wait = o.flushMs ?? 1000, max = o.maxQueue || 1000;
     const store = env.store, qk = `sluice:q:${key}`;
-    const busy = {}, acked = {}, beaconed = {};
-    let queue = [], timer = 0, retryAt = 0, fails = 0, sending = 0, waiters = [], sent = 0, dropped = 0, refused = 0;
+    const busy = {}, beaconed = {};
+    let queue = [], acked = {}, last = null, timer = 0, retryAt = 0, fails = 0, sending = 0, waiters = [], sent = 0, dropped = 0, refused = 0;
 
     const get = (k) => { try { return store.getItem(k); } catch {} };
-    const put = (k, v) => { try { v == null ? store.removeItem(k) : store.setItem(k, v); } catch {} }; // full or denied
-    const load = () => { try { return JSON.parse(get(qk)) || []; } catch { return []; } };
-    const off = () => o.blocked || get("sluice:off") == "1";
-    const idle = (e) => !busy[e.event_id];
+    const put = (k, v) => { try { v == null ? store.removeItem(k) : store.setItem(k, v); } catch {} };
+    // queue: { i: event_id, l: NDJSON line, b: bytes }, stored as NDJSON
+    const item = (l) => ({ i: JSON.parse(l).event_id, l, b: bytes(l) });
+    const load = () => { try { return (get(qk) || "").split(/(?<=\n)/).filter((l) => l.trim()).map(item); } catch { return []; } };
+    let isOff = o.blocked || get("sluice:off") == "1", vid = get("sluice:uid") || get("sluice:vid");
+    const idle = (e) => !busy[e.i];
 
     const bound = (list) => {
       if (list.length <= max) return list;
       dropped += list.length - max;
-      list.slice(0, -max).forEach((e) => (acked[e.event_id] = 1));
+      list.slice(0, -max).forEach((e) => (acked[e.i] = 1));
       return list.slice(-max);
     };
 
-    // stored events of other pages and tabs, ours, less the acknowledged
     const save = () => {
       const seen = {};
-      const all = bound(load().concat(queue).filter((e) => !acked[e.event_id] && !seen[e.event_id] && (seen[e.event_id] = 1)));
-      put(qk, all.length ? JSON.stringify(all) : null);
-    };
-
-    const visitor = () => {
-      let id = get("sluice:uid") || get("sluice:vid");
-      if (!id) put("sluice:vid", (id = `v-${uuid7(env.now(), env.rnd(16))}`));
-      return id;
+      const all = get(qk) == last ? queue : bound(load().concat(queue).filter((e) => !acked[e.i] && !seen[e.i] && (seen[e.i] = 1)));
+      put(qk, (last = all.map((e) => e.l).join("") || null));
+      acked = {};
     };
 
     const schedule = (ms) => {
@@ -51,39 +49,36 @@
     };
 
     const track = (type, headers, payload) => {
-      if (off() || !type) return;
+      if (isOff || !type) return;
+      if (!vid) put("sluice:vid", (vid = `v-${uuid7(env.now(), env.rnd(16))}`));
       const now = env.now();
-      const e = { type: String(type), headers: headers || {}, partition_key: visitor(),
-        event_id: uuid7(now, env.rnd(16)), ts: new Date(now).toISOString(), payload };
-      queue.push(e);
+      const i = uuid7(now, env.rnd(16)), l = JSON.stringify({ type: String(type), headers: headers || {},
+        partition_key: vid, event_id: i, ts: new Date(now).toISOString(), payload }) + "\n";
+      queue.push({ i, l, b: bytes(l) });
       queue = bound(queue);
       queue.length >= size && !retryAt && !sending ? flush() : schedule(wait);
-      return e.event_id;
+      return i;
     };
 
     const pack = (events) => {
       const out = [];
       let body = "", len = 0, n = [];
       for (const e of events) {
-        const line = JSON.stringify(e) + "\n", l = bytes(line);
-        if (n.length && (n.length >= size || len + l > LIMIT)) { out.push([body, n]); body = ""; len = 0; n = []; }
-        body += line; len += l; n.push(e);
+        if (n.length && (n.length >= size || len + e.b > LIMIT)) { out.push([body, n]); body = ""; len = 0; n = []; }
+        body += e.l; len += e.b; n.push(e);
       }
       if (n.length) out.push([body, n]);
       return out;
     };
 
     const settle = () => {
-      if (sending || (queue.length && !retryAt)) return;
-      const w = waiters;
-      waiters = [];
-      w.forEach((f) => f(!queue.length));
+      if (!sending && (!queue.length || retryAt)) waiters.splice(0).forEach((f) => f(!queue.length));
     };
 
     const done = (events, gone) => {
       sending -= events.length;
-      for (const e of events) { delete busy[e.event_id]; if (gone) acked[e.event_id] = 1; }
-      if (gone) { queue = queue.filter((e) => !acked[e.event_id]); save(); }
+      for (const e of events) { delete busy[e.i]; if (gone) acked[e.i] = 1; }
+      if (gone) { queue = queue.filter((e) => !acked[e.i]); save(); }
     };
 
     const retry = (after, events) => {
@@ -93,13 +88,12 @@
     };
 
     const send = ([body, events]) => {
-      for (const e of events) { busy[e.event_id] = 1; delete beaconed[e.event_id]; }
+      for (const e of events) { busy[e.i] = 1; delete beaconed[e.i]; }
       sending += events.length;
       env.fetch(url, { method: "POST", body, keepalive: bytes(body) <= LIMIT, headers: { "content-type": "text/plain" } })
         .then((r) => {
           if (r.status < 300) { fails = 0; sent += events.length; return done(events, true); }
           if (r.status == 429 || r.status >= 500) return retry(+r.headers.get("retry-after"), events);
-          // refused for good (key, origin, event)
           return r.text().then((t) => {
             env.warn(`sluice: ${events.length} events refused (${r.status}): ${t}`);
             refused += events.length;
@@ -112,7 +106,6 @@
         });
     };
 
-    // one batch at a time; the next follows its answer
     const flush = () => {
       const promise = new Promise((f) => waiters.push(f));
       save();
@@ -126,12 +119,12 @@
       return promise;
     };
 
-    // page going away: beacons, stored until a later answer (the collector drops resends)
+    // page hidden: beacons; stored until answered (the collector drops resends)
     const hide = () => {
       save();
-      if (off()) return;
-      for (const [body, events] of pack(queue.filter((e) => idle(e) && !beaconed[e.event_id]))) {
-        if (env.beacon(url, body)) events.forEach((e) => (beaconed[e.event_id] = 1));
+      if (isOff) return;
+      for (const [body, events] of pack(queue.filter((e) => idle(e) && !beaconed[e.i]))) {
+        if (env.beacon(url, body)) events.forEach((e) => (beaconed[e.i] = 1));
       }
     };
 
@@ -139,9 +132,9 @@
     if (queue.length) schedule(0);
     return {
       track, flush, hide,
-      identify: (id) => put("sluice:uid", id),
-      optOut: () => { put("sluice:off", "1"); queue = []; put(qk, null); },
-      optIn: () => put("sluice:off", null),
+      identify: (id) => { put("sluice:uid", id); vid = get("sluice:uid") || get("sluice:vid"); },
+      optOut: () => { put("sluice:off", "1"); isOff = true; queue = []; put(qk, (last = null)); },
+      optIn: () => { put("sluice:off", null); isOff = o.blocked; },
       stats: () => ({ sent, dropped, refused, queued: queue.length })
     };
   };
@@ -157,14 +150,15 @@
 
   const start = (o) => {
     const nav = root.navigator, loc = root.location;
+    let pool, at = 4096;
     o.blocked ||= o.respectDnt && (nav.globalPrivacyControl || nav.doNotTrack == "1");
     const t = create(o, {
-      fetch: (u, i) => root.fetch(u, i),
-      beacon: (u, b) => nav.sendBeacon(u, b),
+      fetch: root.fetch.bind(root),
+      beacon: nav.sendBeacon.bind(nav),
       store: root.localStorage,
       now: Date.now,
-      timer: (f, ms) => root.setTimeout(f, ms),
-      rnd: (n) => root.crypto.getRandomValues(new Uint8Array(n)),
+      timer: root.setTimeout.bind(root),
+      rnd: (n) => ((at += n) > 4096 && ((pool = root.crypto.getRandomValues(new Uint8Array(4096))), (at = n)), pool.subarray(at - n, at)),
       warn: console.warn
     });
     let last = "";

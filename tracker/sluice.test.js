@@ -73,7 +73,8 @@ async function advance(env, ms) {
   await new Promise((resolve) => setImmediate(resolve));
 }
 
-const stored = (env, key = "wk_test_key") => JSON.parse(env.data.get(`sluice:q:${key}`) || "[]");
+const stored = (env, key = "wk_test_key") =>
+  (env.data.get(`sluice:q:${key}`) || "").split("\n").filter((l) => l).map((l) => JSON.parse(l));
 
 test("twenty events go in one text/plain request at once; fewer wait for the timer", async () => {
   const env = fakeEnv();

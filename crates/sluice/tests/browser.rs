@@ -291,7 +291,7 @@ async fn a_shop_in_chromium_sends_its_events_and_loses_none() {
         .await;
     let stored = page
         .eval(&format!(
-            "JSON.parse(localStorage.getItem('sluice:q:{KEY}')).map((e) => e.event_id)"
+            "localStorage.getItem('sluice:q:{KEY}').trim().split('\\n').map((l) => JSON.parse(l).event_id)"
         ))
         .await;
     for id in &ids {
