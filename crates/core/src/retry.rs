@@ -46,6 +46,24 @@ impl Backoff {
         30_000
     }
 
+    /// What is wrong with these settings, if anything: a zero first backoff
+    /// or a largest one below it would retry in a hot loop. `key` names the
+    /// settings in the message.
+    pub fn check(&self, key: &str) -> Result<(), String> {
+        if self.base_ms == 0 {
+            return Err(format!(
+                "{key}.base_ms: expected at least 1 (0 retries in a hot loop)"
+            ));
+        }
+        if self.max_ms < self.base_ms {
+            return Err(format!(
+                "{key}.max_ms: expected at least base_ms ({}), found {}",
+                self.base_ms, self.max_ms
+            ));
+        }
+        Ok(())
+    }
+
     /// Short sleeps for tests.
     pub fn for_tests() -> Self {
         Self {

@@ -483,6 +483,10 @@ pub struct RouterConfig {
     pub retry: Backoff,
 }
 
+/// The shortest lease failover time accepted, in milliseconds: renewals come
+/// every third of it, and shorter ones would spin against the lease table.
+pub const MIN_FAILOVER_MS: u64 = 300;
+
 fn default_max_record_bytes() -> usize {
     MAX_RECORD_BYTES
 }
@@ -577,6 +581,20 @@ impl Config {
         if r.batch_records == 0 || r.batch_records > sluice_core::limits::MAX_GET_RECORDS {
             return Err("router.batch_records: expected 1 to 10,000".into());
         }
+        if r.failover_ms < MIN_FAILOVER_MS {
+            return Err(format!(
+                "router.failover_ms: expected at least {MIN_FAILOVER_MS} (leases are renewed every third of it), found {}",
+                r.failover_ms
+            ));
+        }
+        if r.idle_poll_ms == 0 {
+            return Err(
+                "router.idle_poll_ms: expected at least 1 (0 reads idle shards in a hot loop)"
+                    .into(),
+            );
+        }
+        c.retry.check("collector.retry")?;
+        r.retry.check("router.retry")?;
         for (key, shards) in [
             ("streams.inbound_shards", self.streams.inbound_shards),
             ("streams.output_shards", self.streams.output_shards),
@@ -751,6 +769,26 @@ mod tests {
                 "[[sites]]\nname = \"shop\"\nwrite_key = \"wk_shop_example\"\norigins = [\"https://a.b\"]\nrate_limit = { events_per_sec = 0, burst = 5 }\n",
                 "line 5",
                 "expected events per second above 0",
+            ),
+            (
+                "[router]\nfailover_ms = 0\n",
+                "",
+                "router.failover_ms: expected at least 300",
+            ),
+            (
+                "[router]\nidle_poll_ms = 0\n",
+                "",
+                "router.idle_poll_ms: expected at least 1",
+            ),
+            (
+                "[router.retry]\nbase_ms = 0\n",
+                "",
+                "router.retry.base_ms: expected at least 1",
+            ),
+            (
+                "[collector.retry]\nbase_ms = 100\nmax_ms = 50\n",
+                "",
+                "collector.retry.max_ms: expected at least base_ms (100), found 50",
             ),
             (
                 "[collector]\ntrusted_proxies = [\"10.0.0.0/33\"]\n",

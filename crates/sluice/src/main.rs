@@ -130,8 +130,8 @@ enum Command {
         /// This worker's name (default: host, process id and a random part).
         #[arg(long)]
         worker_id: Option<String>,
-        /// A worker silent this long loses its shards to the others.
-        #[arg(long, default_value_t = 10_000)]
+        /// A worker silent this long loses its shards to the others (at least 300).
+        #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(sluice::config::MIN_FAILOVER_MS..))]
         failover_ms: u64,
         /// Where a new application starts: trim_horizon, latest, or an RFC 3339 time.
         #[arg(long, default_value = "trim_horizon")]

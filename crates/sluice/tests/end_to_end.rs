@@ -328,7 +328,7 @@ async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
     assert_eq!((reasons[2].0, reasons[2].1), (3, 413));
     let (status, body) = post(&url, "application/json", oversize.clone()).await;
     assert_eq!(status, 413, "{body}");
-    let (status, body) = post(&url, "text/plain", "{\"type\":\"click\"}").await;
+    let (status, body) = post(&url, "text/html", "{\"type\":\"click\"}").await;
     assert_eq!(status, 415, "{body}");
     assert!(body["error"]
         .as_str()
@@ -1223,7 +1223,7 @@ fn spans(traces: &Received<TraceRequest>) -> Vec<(String, String, String)> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn one_event_is_followed_from_collector_to_router_to_consumer_in_one_trace() {
+async fn one_event_is_followed_from_the_page_to_collector_router_and_consumer_in_one_trace() {
     let (endpoint, _, traces) = otlp_receiver().await;
     let moto = moto_endpoint();
     let prefix = format!("trace-{}", std::process::id());
@@ -1254,13 +1254,21 @@ async fn one_event_is_followed_from_collector_to_router_to_consumer_in_one_trace
         .spawn()
         .unwrap();
 
-    let (status, body) = post(
-        &sluice.url,
-        "application/json",
-        r#"{"type":"click","event_id":"traced-1"}"#,
-    )
-    .await;
-    assert_eq!(status, 202, "{body}");
+    // The page's own trace context, as a browser SDK or RUM agent sends it
+    // in the `traceparent` request header: the collector continues it.
+    let page_trace = "4bf92f3577b34da6a3ce929d0e0e4736";
+    let answer = client()
+        .post(format!("{}/v1/events", sluice.url))
+        .header("content-type", "application/json")
+        .header(
+            "traceparent",
+            format!("00-{page_trace}-00f067aa0ba902b7-01"),
+        )
+        .body(r#"{"type":"click","event_id":"traced-1"}"#)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(answer.status(), 202);
     wait_for_count(
         Duration::from_secs(60),
         &sluice.url,
@@ -1277,6 +1285,7 @@ async fn one_event_is_followed_from_collector_to_router_to_consumer_in_one_trace
         panic!("no traceparent in the routed record")
     };
     let trace = traceparent.split('-').nth(1).unwrap().to_owned();
+    assert_eq!(trace, page_trace, "the page's trace is continued");
 
     wait_for(
         Duration::from_secs(60),
