@@ -100,6 +100,7 @@ impl Drop for QueueDepth<'_> {
         self.0.add(-self.1);
     }
 }
+
 /// Counts every collector request by status and times it to its answer.
 pub async fn measure(request: Request, next: Next) -> Response {
     static DURATION: OnceLock<Histogram> = OnceLock::new();
@@ -139,11 +140,10 @@ pub async fn authorize(
         request.extensions_mut().insert(Writer::Server);
         return Ok(next.run(request).await);
     };
-    let site = collector
-        .sites
-        .by_key(key)
-        .cloned()
-        .ok_or_else(|| AppError::Unauthorized("unknown write key".into()))?;
+    let site = collector.sites.by_key(key).cloned().ok_or_else(|| {
+        reject_reason("unknown_write_key");
+        AppError::Unauthorized("unknown write key".into())
+    })?;
     let origin = request.headers().get(header::ORIGIN).cloned();
     if let Some(origin) = &origin {
         let text = origin.to_str().unwrap_or("");
