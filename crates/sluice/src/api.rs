@@ -10,6 +10,7 @@
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
 
+use axum::extract::rejection::QueryRejection;
 use axum::extract::{Path, Query, State};
 use axum::http::{header, HeaderMap, HeaderValue};
 use axum::response::IntoResponse;
@@ -229,8 +230,9 @@ impl ShardCursor {
 pub async fn read_records(
     State(streams): State<Arc<dyn StreamBackend>>,
     Path(name): Path<String>,
-    Query(query): Query<RecordsQuery>,
+    query: Result<Query<RecordsQuery>, QueryRejection>,
 ) -> Result<impl IntoResponse, AppError> {
+    let Query(query) = query?;
     let limit = query.limit.unwrap_or(100);
     if limit == 0 || limit > MAX_LIMIT {
         return Err(AppError::BadRequest(format!(

@@ -39,6 +39,28 @@ pub enum AppError {
     Rejected(Vec<Rejection>),
 }
 
+impl From<axum::extract::rejection::QueryRejection> for AppError {
+    fn from(rejection: axum::extract::rejection::QueryRejection) -> Self {
+        AppError::BadRequest(rejection.body_text())
+    }
+}
+
+/// The answer to a path no route serves, in the API's error shape.
+pub async fn not_found(uri: axum::http::Uri) -> AppError {
+    AppError::NotFound(format!("no such path: {}", uri.path()))
+}
+
+/// The answer to a method a route does not take, in the API's error shape.
+pub async fn method_not_allowed(method: axum::http::Method, uri: axum::http::Uri) -> Response {
+    (
+        StatusCode::METHOD_NOT_ALLOWED,
+        Json(serde_json::json!({
+            "error": format!("{method} is not allowed on {}", uri.path())
+        })),
+    )
+        .into_response()
+}
+
 /// How many rejections a response lists.
 const MAX_LISTED: usize = 100;
 

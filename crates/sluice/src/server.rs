@@ -323,6 +323,8 @@ pub fn http_routes(
         .route("/healthz", get(|| async { "ok\n" }))
         .route("/sdk/v1/sluice.js", get(crate::collector::tracker::script))
         .route("/sdk/v1/sluice.mjs", get(crate::collector::tracker::module))
+        .fallback(crate::error::not_found)
+        .method_not_allowed_fallback(crate::error::method_not_allowed)
 }
 
 /// What the HTTP server allows a connection.

@@ -29,7 +29,8 @@ async fn serve(
         partition_key_header: None,
         source: "web".into(),
     };
-    let collector = Arc::new(Collector::new(producer, rules, queue_events));
+    let collector =
+        Arc::new(Collector::new(producer, rules, queue_events).with_max_body_bytes(1 << 20));
     let app = sluice::server::http_routes(collector.clone(), streams, Tokens::new(tokens));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
@@ -154,4 +155,69 @@ async fn writers_need_a_valid_token_when_tokens_are_set() {
             .status(),
         200
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_error_answer_is_the_same_json_shape() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("inbound", 1).await.unwrap();
+    let (url, _) = serve(local, 100, Vec::new()).await;
+    let http = reqwest::Client::new();
+    let cases = [
+        (
+            http.get(format!("{url}/v1/streams/inbound/records?limit=many")),
+            400,
+            "limit",
+        ),
+        (
+            http.get(format!("{url}/v1/streams/inbound/records?colour=red")),
+            400,
+            "unknown field `colour`",
+        ),
+        (
+            http.get(format!("{url}/v2/nothing")),
+            404,
+            "no such path: /v2/nothing",
+        ),
+        (
+            http.delete(format!("{url}/v1/events")),
+            405,
+            "DELETE is not allowed on /v1/events",
+        ),
+    ];
+    for (request, status, reason) in cases {
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), status, "{reason}");
+        assert!(response.headers()["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("application/json"));
+        if status == 405 {
+            assert!(response.headers().get("allow").is_some());
+        }
+        let body: serde_json::Value =
+            serde_json::from_str(&response.text().await.unwrap()).unwrap();
+        assert!(body["error"].as_str().unwrap().contains(reason), "{body}");
+    }
+    // A body declared over the limit is answered before it is sent whole.
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut stream = tokio::net::TcpStream::connect(url.trim_start_matches("http://"))
+        .await
+        .unwrap();
+    stream
+        .write_all(b"POST /v1/events HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 2097152\r\n\r\n[[[[")
+        .await
+        .unwrap();
+    let mut answer = Vec::new();
+    // The server closes the connection after the answer; the timeout only
+    // bounds the test should it not.
+    let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut answer)).await;
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 413"), "{answer}");
+    assert!(answer
+        .to_ascii_lowercase()
+        .contains("content-type: application/json"));
+    assert!(answer.contains("limit of 1048576 bytes"), "{answer}");
 }
