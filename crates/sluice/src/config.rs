@@ -517,6 +517,38 @@ pub struct ConfigError {
     pub message: String,
 }
 
+/// The line (from 1) of the deepest part of a key path found in `text`:
+/// `collector.retry.base_ms`, `outputs.NAME`, `sites[1].write_key`.
+fn line_of(text: &str, path: &str) -> Option<usize> {
+    let document = toml_edit::ImDocument::parse(text).ok()?;
+    let mut item = document.as_item();
+    let mut span = None;
+    for segment in path.split('.').filter(|s| !s.is_empty()) {
+        let (name, index) = match segment.split_once('[') {
+            Some((name, rest)) => (name, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (segment, None),
+        };
+        let Some(next) = item.get(name) else {
+            break;
+        };
+        item = next;
+        // An array of tables has no place of its own: its first table's.
+        span = item
+            .span()
+            .or_else(|| item.get(0).and_then(|first| first.span()))
+            .or(span);
+        if let Some(index) = index {
+            let Some(next) = item.get(index) else {
+                break;
+            };
+            item = next;
+            span = item.span().or(span);
+        }
+    }
+    let start = span?.start;
+    Some(text[..start].matches('\n').count() + 1)
+}
+
 impl Config {
     /// Parses and checks a configuration text; `file` names it in errors.
     pub fn parse(text: &str, file: &str) -> Result<Self, ConfigError> {
@@ -526,7 +558,14 @@ impl Config {
         };
         let config: Config =
             toml::from_str(text).map_err(|e| error(e.to_string().trim_end().to_owned()))?;
-        config.check().map_err(error)?;
+        config.check().map_err(|message| {
+            // The message starts with the key it is about: find its line.
+            let key = message.split_once(':').map_or("", |(key, _)| key);
+            match line_of(text, key) {
+                Some(line) => error(format!("line {line}: {message}")),
+                None => error(message),
+            }
+        })?;
         Ok(config)
     }
 
@@ -641,15 +680,18 @@ impl Config {
         }
         for (i, site) in self.sites.iter().enumerate() {
             if let Some(other) = self.sites[..i].iter().find(|s| s.name == site.name) {
-                return Err(format!("sites: two sites are named {:?}", other.name));
+                return Err(format!(
+                    "sites[{i}].name: another site is named {:?}",
+                    other.name
+                ));
             }
             if let Some(other) = self.sites[..i]
                 .iter()
                 .find(|s| s.write_key == site.write_key)
             {
                 return Err(format!(
-                    "sites: sites {:?} and {:?} have the same write_key",
-                    other.name, site.name
+                    "sites[{i}].write_key: site {:?} has the same write_key as {:?}",
+                    site.name, other.name
                 ));
             }
         }
@@ -665,11 +707,26 @@ impl Config {
                 output.aggregate_max_bytes,
             )?;
         }
-        if rules.streams().iter().any(|s| s == &self.inbound) {
+        if let Some(i) = self
+            .routes
+            .iter()
+            .position(|r| r.to.contains(&self.inbound))
+        {
             return Err(format!(
-                "routes: stream {:?} is the inbound stream; routing into it would loop",
+                "routes[{i}].to: stream {:?} is the inbound stream; routing into it would loop",
                 self.inbound
             ));
+        }
+        for (key, to) in [
+            ("unmatched.to", &self.unmatched.to),
+            ("dead_letter.to", &self.dead_letter.to),
+        ] {
+            if *to == self.inbound {
+                return Err(format!(
+                    "{key}: stream {:?} is the inbound stream; routing into it would loop",
+                    self.inbound
+                ));
+            }
         }
         Ok(())
     }
@@ -722,17 +779,17 @@ mod tests {
             ),
             (
                 "[collector]\nmax_event_bytes = 2000000\n",
-                "",
+                "line 2",
                 "collector.max_event_bytes",
             ),
             (
                 "[collector]\naggregate = true\naggregate_max_bytes = 10\n",
-                "",
+                "line 3",
                 "collector.aggregate_max_bytes: expected 1024",
             ),
             (
-                "[outputs.nowhere]\naggregate = true\n",
-                "",
+                "inbound = \"in\"\n\n[outputs.nowhere]\naggregate = true\n",
+                "line 3",
                 "outputs.nowhere: no route, unmatched or dead_letter writes to stream nowhere",
             ),
             (
@@ -741,9 +798,14 @@ mod tests {
                 "unknown field `agregate_max_bytes`",
             ),
             (
-                "inbound = \"in\"\n[[routes]]\nname = \"loop\"\nto = [\"in\"]\n",
-                "",
-                "routing into it would loop",
+                "inbound = \"in\"\n[[routes]]\nname = \"a\"\nto = [\"x\"]\n[[routes]]\nname = \"loop\"\nto = [\"in\"]\n",
+                "line 7",
+                "routes[1].to: stream \"in\" is the inbound stream; routing into it would loop",
+            ),
+            (
+                "inbound = \"in\"\n[dead_letter]\nto = \"in\"\n",
+                "line 3",
+                "dead_letter.to: stream \"in\" is the inbound stream",
             ),
             (
                 "[[routes]]\nname = \"r\"\nmatch = { t = [{ nope = 1 }] }\nto = [\"x\"]\n",
@@ -771,23 +833,23 @@ mod tests {
                 "expected events per second above 0",
             ),
             (
-                "[router]\nfailover_ms = 0\n",
-                "",
+                "[router]\nbatch_records = 10\nfailover_ms = 0\n",
+                "line 3",
                 "router.failover_ms: expected at least 300",
             ),
             (
                 "[router]\nidle_poll_ms = 0\n",
-                "",
+                "line 2",
                 "router.idle_poll_ms: expected at least 1",
             ),
             (
                 "[router.retry]\nbase_ms = 0\n",
-                "",
+                "line 2",
                 "router.retry.base_ms: expected at least 1",
             ),
             (
-                "[collector.retry]\nbase_ms = 100\nmax_ms = 50\n",
-                "",
+                "[collector]\nretry = { base_ms = 100, max_ms = 50 }\n",
+                "line 2",
                 "collector.retry.max_ms: expected at least base_ms (100), found 50",
             ),
             (
@@ -797,17 +859,18 @@ mod tests {
             ),
             (
                 "[[sites]]\nname = \"a\"\nwrite_key = \"wk_same_key\"\norigins = [\"https://a.b\"]\n[[sites]]\nname = \"b\"\nwrite_key = \"wk_same_key\"\norigins = [\"https://a.b\"]\n",
-                "",
-                "sites \"a\" and \"b\" have the same write_key",
+                "line 7",
+                "sites[1].write_key: site \"b\" has the same write_key as \"a\"",
             ),
         ];
         for (text, line, reason) in cases {
             let err = Config::parse(text, "my.toml").unwrap_err().to_string();
             assert!(err.starts_with("config error in my.toml"), "{err}");
-            assert!(
-                err.contains(line) && err.contains(reason),
-                "{text}\n=> {err}"
-            );
+            // "line 3" must not be found inside "line 30".
+            let at_line = err
+                .match_indices(line)
+                .any(|(i, _)| !err[i + line.len()..].starts_with(|c: char| c.is_ascii_digit()));
+            assert!(at_line && err.contains(reason), "{text}\n=> {err}");
         }
     }
 }
