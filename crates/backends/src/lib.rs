@@ -2,6 +2,8 @@
 //! ones (Kinesis and DynamoDB), and the
 //! conformance suites every stream and table backend passes.
 
+#![forbid(unsafe_code)]
+
 pub mod aws;
 pub mod fault;
 pub mod local;

@@ -5,6 +5,8 @@
 //!
 //! It knows a backend only through `sluice-core`'s traits.
 
+#![forbid(unsafe_code)]
+
 pub mod consumer;
 pub mod producer;
 

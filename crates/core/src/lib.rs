@@ -4,6 +4,8 @@
 //! This crate does no I/O. Backends, the client library and the application
 //! build on it; it imports nothing else of Sluice.
 
+#![forbid(unsafe_code)]
+
 pub mod aggregate;
 pub mod envelope;
 pub mod hash;

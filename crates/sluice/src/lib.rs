@@ -1,7 +1,9 @@
-//! Sluice, the application: the collector, the router (worker and, later,
-//! Lambda adapters around the pure router in `sluice-core`), the read API
-//! and the `sluice` command's pieces. `main.rs` only parses arguments and
-//! calls into here.
+//! Sluice, the application: the collector (sites, the tracker it serves),
+//! the router (the worker and the Lambda adapter around the pure router in
+//! `sluice-core`), the read API and the `sluice` command's pieces. `main.rs`
+//! only parses arguments and calls into here.
+
+#![forbid(unsafe_code)]
 
 pub mod api;
 pub mod auth;

@@ -1,5 +1,7 @@
 //! The `sluice` command.
 
+#![forbid(unsafe_code)]
+
 use std::io::{BufRead, Write};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -86,9 +88,10 @@ fn backend_kind(text: Option<&str>) -> Option<sluice::server::BackendKind> {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run collector, router and read API in one process on embedded storage.
+    /// Run collector, router and read API in one process (on embedded storage
+    /// unless the configuration or --backend says aws).
     Up(RunArgs),
-    /// Run only the collector and read API on embedded storage (no routing).
+    /// Run only the collector and read API (no routing).
     Collector(RunArgs),
     /// Post NDJSON events from a file, or from stdin with `-`.
     Send {

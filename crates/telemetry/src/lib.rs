@@ -5,6 +5,8 @@
 //!
 //! This crate uses no other Sluice crate.
 
+#![forbid(unsafe_code)]
+
 pub mod metrics;
 pub mod otlp;
 pub mod registry;

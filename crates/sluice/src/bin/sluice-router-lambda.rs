@@ -10,6 +10,8 @@
 //! standard `OTEL_*` variables, and `SLUICE_OTLP_TOKEN_SECRET_ARN`, the
 //! Secrets Manager secret with the Dynatrace API token sent on every export.
 
+#![forbid(unsafe_code)]
+
 use std::collections::HashMap;
 use std::process::ExitCode;
 use std::sync::Arc;
