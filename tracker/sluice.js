@@ -24,7 +24,7 @@
 
     const get = (k) => { try { return store.getItem(k); } catch {} };
     const put = (k, v) => { try { v == null ? store.removeItem(k) : store.setItem(k, v); } catch {} };
-    // queue: { i: event_id, l: NDJSON line, b: bytes }, stored as NDJSON
+    // queue: { i: event_id, l: NDJSON line, b: bytes }; stored on failure and hide
     const item = (l) => ({ i: JSON.parse(l).event_id, l, b: bytes(l) });
     const load = () => { try { return (get(qk) || "").split(/(?<=\n)/).filter((l) => l.trim()).map(item); } catch { return []; } };
     let isOff = o.blocked || get("sluice:off") == "1", vid = get("sluice:uid") || get("sluice:vid");
@@ -50,6 +50,7 @@
 
     const track = (type, headers, payload) => {
       if (isOff || !type) return;
+      if (Object.values(headers || {}).some((v) => typeof v == "object")) return env.warn(`sluice: ${type}: header values are strings, numbers or booleans`);
       if (!vid) put("sluice:vid", (vid = `v-${uuid7(env.now(), env.rnd(16))}`));
       const now = env.now();
       const i = uuid7(now, env.rnd(16)), l = JSON.stringify({ type: String(type), headers: headers || {},
@@ -78,13 +79,14 @@
     const done = (events, gone) => {
       sending -= events.length;
       for (const e of events) { delete busy[e.i]; if (gone) acked[e.i] = 1; }
-      if (gone) { queue = queue.filter((e) => !acked[e.i]); save(); }
+      if (gone) { queue = queue.filter((e) => !acked[e.i]); if (last) save(); }
     };
 
     const retry = (after, events) => {
       done(events, false);
       const backoff = Math.min(60000, 1000 * 2 ** fails++) * (0.5 + env.rnd(1)[0] / 512);
       retryAt = env.now() + Math.max(backoff, (after || 0) * 1000);
+      save();
     };
 
     const send = ([body, events]) => {
@@ -108,7 +110,6 @@
 
     const flush = () => {
       const promise = new Promise((f) => waiters.push(f));
-      save();
       if (retryAt > env.now()) schedule(retryAt - env.now());
       else if (!sending) {
         retryAt = 0;
@@ -119,7 +120,7 @@
       return promise;
     };
 
-    // page hidden: beacons; stored until answered (the collector drops resends)
+    // page hidden: beacons, kept until answered (the collector drops resends)
     const hide = () => {
       save();
       if (isOff) return;
@@ -129,6 +130,7 @@
     };
 
     queue = bound(load());
+    last = get(qk);
     if (queue.length) schedule(0);
     return {
       track, flush, hide,
@@ -139,7 +141,6 @@
     };
   };
 
-  // data-sluice-product-id="x" → header product_id
   const attrs = (el) => {
     const h = {};
     for (const k in el.dataset) {

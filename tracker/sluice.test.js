@@ -38,7 +38,9 @@ function fakeEnv(answer = () => ({ status: 202 })) {
     return env.timers.length;
   };
   env.rnd = (n) => new Uint8Array(crypto.randomBytes(n));
-  env.warn = (message) => env.warnings.push(message);
+  env.warn = (message) => {
+    env.warnings.push(message);
+  };
   env.fetch = async (url, init) => {
     const events = init.body.trim().split("\n").map((line) => JSON.parse(line));
     env.requests.push({ url, init, events });
@@ -228,6 +230,17 @@ test("opting out stops tracking and forgets what waits; opting in resumes", asyn
   assert.ok(next.track("click"));
   const blocked = create({ key: "wk_other_key", blocked: true }, fakeEnv());
   assert.equal(blocked.track("click"), undefined);
+});
+
+test("an event whose headers the collector would refuse is not queued, so it cannot sink its batch", async () => {
+  const env = fakeEnv();
+  const t = create({ key: "wk_test_key" }, env);
+  assert.equal(t.track("click", { nested: { a: 1 } }), undefined);
+  assert.equal(t.track("click", { none: null }), undefined);
+  assert.match(env.warnings[0], /click: header values are strings, numbers or booleans/);
+  assert.ok(t.track("click", { ok: "yes", n: 1, b: true }));
+  await t.flush();
+  assert.equal(env.requests.flatMap((r) => r.events).length, 1);
 });
 
 test("the tracker stays within 3 KiB gzipped", () => {
