@@ -12,6 +12,12 @@ use sluice::config::Config;
 use sluice_client::consumer::InitialPosition;
 use sluice_telemetry::LogFormat;
 
+/// mimalloc, as in the Lambda function: the collector allocates and frees a
+/// few small buffers per event; under single-event requests the system
+/// allocator took 12% of the process's samples (perf), mimalloc 8%.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 #[derive(Parser)]
 #[command(
     name = "sluice",
