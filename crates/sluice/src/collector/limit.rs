@@ -8,7 +8,7 @@
 //! limited as a whole, and memory never grows past `max_clients`.
 
 use std::collections::HashMap;
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -125,9 +125,7 @@ impl RateLimiter {
     }
 
     fn shard_of(&self, client: IpAddr) -> usize {
-        let mut hasher = self.hasher.build_hasher();
-        client.hash(&mut hasher);
-        (hasher.finish() as usize) % SHARDS
+        (self.hasher.hash_one(client) as usize) % SHARDS
     }
 }
 

@@ -12,7 +12,7 @@
 
 use std::collections::hash_map::RandomState;
 use std::collections::{HashMap, VecDeque};
-use std::hash::{BuildHasher, Hash, Hasher};
+use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -52,12 +52,7 @@ impl RecentEvents {
     }
 
     pub fn key(&self, site: &str, event_id: &str) -> EventKey {
-        let half = |state: &RandomState| {
-            let mut hasher = state.build_hasher();
-            site.hash(&mut hasher);
-            event_id.hash(&mut hasher);
-            hasher.finish()
-        };
+        let half = |state: &RandomState| state.hash_one((site, event_id));
         (u128::from(half(&self.keys.0)) << 64) | u128::from(half(&self.keys.1))
     }
 
