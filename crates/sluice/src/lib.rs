@@ -12,6 +12,7 @@ pub mod collector;
 pub mod config;
 pub mod consume;
 pub mod error;
+pub mod http;
 pub mod lambda;
 pub mod router;
 pub mod server;

@@ -34,10 +34,10 @@ async fn serve(
     let app = sluice::server::http_routes(collector.clone(), streams, Tokens::new(tokens));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(sluice::server::serve_http(
+    tokio::spawn(sluice::http::serve(
         listener,
         app,
-        sluice::server::HttpLimits::default(),
+        sluice::http::HttpLimits::default(),
         std::future::pending(),
     ));
     (url, collector)

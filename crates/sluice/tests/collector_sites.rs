@@ -14,7 +14,7 @@ use sluice::collector::recent::RecentEvents;
 use sluice::collector::sites::Sites;
 use sluice::collector::Collector;
 use sluice::config::Config;
-use sluice::server::HttpLimits;
+use sluice::http::HttpLimits;
 use sluice_backends::local::{LocalStreamOptions, LocalStreams};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::StreamBackend;
@@ -82,7 +82,7 @@ async fn serve_with(config_text: &str, limits: HttpLimits) -> Server {
         sluice::server::http_routes(collector.clone(), streams, Tokens::new(vec![TOKEN.into()]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
-    tokio::spawn(sluice::server::serve_http(
+    tokio::spawn(sluice::http::serve(
         listener,
         app,
         limits,
