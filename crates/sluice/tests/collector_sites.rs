@@ -116,6 +116,18 @@ async fn beacon(url: &str, key: &str, origin: Option<&str>, body: &str) -> reqwe
     request.send().await.unwrap()
 }
 
+/// A server's JSON post, with a bearer token or without.
+async fn server_post(url: &str, token: Option<&str>, body: &'static str) -> reqwest::Response {
+    let mut request = http()
+        .post(format!("{url}/v1/events"))
+        .header("content-type", "application/json")
+        .body(body);
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    request.send().await.unwrap()
+}
+
 /// The inbound stream's envelopes, through the read API.
 async fn inbound(url: &str) -> Vec<serde_json::Value> {
     let text = http()
@@ -200,13 +212,7 @@ async fn a_write_key_writes_from_its_origins_only_and_opens_nothing_else() {
             .contains("opens POST /v1/events only"));
     }
     // Servers still write with their bearer token, and need one.
-    let anonymous = http()
-        .post(format!("{url}/v1/events"))
-        .header("content-type", "application/json")
-        .body(r#"{"type":"click"}"#)
-        .send()
-        .await
-        .unwrap();
+    let anonymous = server_post(url, None, r#"{"type":"click"}"#).await;
     assert_eq!(anonymous.status(), 401);
 
     // What landed: the site's events, its header set over the sender's.
@@ -482,14 +488,7 @@ async fn rate_limits_hold_per_client_address_and_forged_forwarding_is_ignored() 
         got as f64 <= elapsed + 2.0,
         "{got} accepted in {elapsed:.1} s"
     );
-    let server_side = http()
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/json")
-        .body(r#"{"type":"server_click"}"#)
-        .send()
-        .await
-        .unwrap();
+    let server_side = server_post(url, Some(TOKEN), r#"{"type":"server_click"}"#).await;
     assert_eq!(server_side.status(), 202);
     // The address is stored for the site that asked for it, and only there.
     let landed = inbound(url).await;
