@@ -56,7 +56,7 @@ start_servers() {
   trap stop_servers EXIT
   local moto_port moto_auth_port kinesalite_port
   moto_port=$(free_port)
-  .venv/bin/moto_server -H 127.0.0.1 -p "$moto_port" > "$logs/moto.log" 2>&1 &
+  .venv/bin/python scripts/moto-server.py -H 127.0.0.1 -p "$moto_port" > "$logs/moto.log" 2>&1 &
   server_pids+=($!)
   kinesalite_port=$(free_port)
   KINESALITE_MODULE="$PWD/.tools/node_modules/kinesalite" \
@@ -65,7 +65,7 @@ start_servers() {
   # A second moto that checks credentials (and knows none), for the
   # wrong-credentials tests.
   moto_auth_port=$(free_port)
-  INITIAL_NO_AUTH_ACTION_COUNT=0 .venv/bin/moto_server -H 127.0.0.1 -p "$moto_auth_port" > "$logs/moto-auth.log" 2>&1 &
+  INITIAL_NO_AUTH_ACTION_COUNT=0 .venv/bin/python scripts/moto-server.py -H 127.0.0.1 -p "$moto_auth_port" > "$logs/moto-auth.log" 2>&1 &
   server_pids+=($!)
   wait_for_port moto "$moto_port" "$logs/moto.log"
   wait_for_port moto-auth "$moto_auth_port" "$logs/moto-auth.log"
