@@ -1,6 +1,7 @@
 //! Fault injection: a stream backend wrapper that fails a chosen fraction of
 //! PutRecords entries with ProvisionedThroughputExceeded, fails a fraction of
-//! whole calls as unavailable, throttles reads and expires shard iterators,
+//! whole calls as unavailable, throttles reads, answers empty pages while
+//! records remain, expires shard iterators,
 //! and delays calls, all from a seed, so a run can be repeated exactly.
 
 use std::sync::{Arc, Mutex};
@@ -32,6 +33,11 @@ pub struct Faults {
     /// Fraction of GetRecords calls failed with an expired iterator, as
     /// Kinesis does for an iterator older than five minutes.
     pub expired_iterator_rate: f64,
+    /// Fraction of GetRecords calls answered with an empty page while
+    /// records remain (`MillisBehindLatest` > 0), as Kinesis answers on
+    /// sparse shards and after TRIM_HORIZON. The iterator is handed back
+    /// unchanged, so nothing is skipped.
+    pub empty_page_rate: f64,
     /// Fraction of calls delayed by up to `max_delay`.
     pub delay_rate: f64,
     pub max_delay: Duration,
@@ -161,6 +167,14 @@ impl StreamBackend for FaultyStreams {
             return Err(StreamError::ExpiredIterator(
                 "injected: iterator expired".into(),
             ));
+        }
+        if self.roll(self.faults.empty_page_rate) {
+            return Ok(GetRecordsOutput {
+                records: Vec::new(),
+                next_iterator: Some(iterator.to_owned()),
+                millis_behind_latest: Some(1_000),
+                child_shards: Vec::new(),
+            });
         }
         self.inner.get_records(iterator, limit).await
     }

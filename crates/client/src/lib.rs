@@ -8,6 +8,7 @@
 #![forbid(unsafe_code)]
 
 pub mod consumer;
+pub mod follow;
 pub mod producer;
 
 pub use producer::{ProduceError, Producer, ProducerConfig};

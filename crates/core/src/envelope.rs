@@ -26,6 +26,14 @@ pub enum HeaderValue<'a> {
 }
 
 impl HeaderValue<'_> {
+    pub fn into_owned(self) -> HeaderValue<'static> {
+        match self {
+            HeaderValue::Str(s) => HeaderValue::Str(Cow::Owned(s.into_owned())),
+            HeaderValue::Num(n) => HeaderValue::Num(n),
+            HeaderValue::Bool(b) => HeaderValue::Bool(b),
+        }
+    }
+
     pub fn as_str(&self) -> Option<&str> {
         match self {
             HeaderValue::Str(s) => Some(s),
@@ -68,6 +76,18 @@ impl<'a> Headers<'a> {
 
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
+    }
+
+    /// The same headers, owning their text: to keep them apart from the
+    /// record they were read from.
+    pub fn into_owned(self) -> Headers<'static> {
+        Headers {
+            entries: self
+                .entries
+                .into_iter()
+                .map(|(name, value)| (Cow::Owned(name.into_owned()), value.into_owned()))
+                .collect(),
+        }
     }
 }
 

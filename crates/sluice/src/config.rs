@@ -237,6 +237,8 @@ pub struct FaultsConfig {
     #[serde(default)]
     pub expired_iterator_rate: f64,
     #[serde(default)]
+    pub empty_page_rate: f64,
+    #[serde(default)]
     pub delay_rate: f64,
     #[serde(default)]
     pub max_delay_ms: u64,
@@ -649,6 +651,7 @@ impl Config {
                 ("faults.timeout_rate", f.timeout_rate),
                 ("faults.read_throttle_rate", f.read_throttle_rate),
                 ("faults.expired_iterator_rate", f.expired_iterator_rate),
+                ("faults.empty_page_rate", f.empty_page_rate),
                 ("faults.delay_rate", f.delay_rate),
             ];
             for (key, rate) in rates {

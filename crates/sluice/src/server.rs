@@ -262,6 +262,7 @@ pub fn with_faults(streams: Arc<dyn StreamBackend>, config: &Config) -> Arc<dyn 
             timeout_rate: f.timeout_rate,
             read_throttle_rate: f.read_throttle_rate,
             expired_iterator_rate: f.expired_iterator_rate,
+            empty_page_rate: f.empty_page_rate,
             delay_rate: f.delay_rate,
             max_delay: Duration::from_millis(f.max_delay_ms),
             seed: f.seed,

@@ -13,7 +13,7 @@
 
 pub mod dedup;
 pub mod lease;
-mod reader;
+pub(crate) mod reader;
 mod worker;
 
 #[cfg(test)]

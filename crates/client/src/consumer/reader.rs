@@ -129,9 +129,9 @@ pub(crate) struct ShardReader {
 }
 
 /// Skips what a checkpoint inside or at a record already covers.
-struct Skip {
-    sequence: SequenceNumber,
-    sub_sequence: u64,
+pub(crate) struct Skip {
+    pub sequence: SequenceNumber,
+    pub sub_sequence: u64,
 }
 
 impl ShardReader {
@@ -423,7 +423,11 @@ impl ShardReader {
 
 /// A page's records as user records, aggregates opened, minus what `skip`
 /// says was processed already.
-fn user_records(shard: &str, records: Vec<Record>, skip: &mut Option<Skip>) -> Vec<UserRecord> {
+pub(crate) fn user_records(
+    shard: &str,
+    records: Vec<Record>,
+    skip: &mut Option<Skip>,
+) -> Vec<UserRecord> {
     let mut out = Vec::with_capacity(records.len());
     for record in records {
         let covered = skip
