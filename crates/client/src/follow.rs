@@ -267,6 +267,16 @@ impl Follower {
         &self.stream
     }
 
+    /// Shards not yet read to their end.
+    pub fn unfinished_shards(&self) -> usize {
+        self.shards.values().filter(|s| !s.finished).count()
+    }
+
+    /// Records per read of a shard from now on (at least 1).
+    pub fn set_batch(&mut self, batch: usize) {
+        self.batch = batch.max(1);
+    }
+
     /// Where each shard continues: after the last record handed out.
     pub fn positions(&self) -> &Positions {
         &self.positions
@@ -441,8 +451,10 @@ mod tests {
     /// Writes values `from..from + count` for each of `keys` keys, packed
     /// into aggregates so cursors stop inside them.
     async fn write(streams: &Arc<dyn StreamBackend>, keys: usize, from: u64, count: u64) {
-        let mut config = ProducerConfig::default();
-        config.aggregate_max_bytes = Some(300);
+        let config = ProducerConfig {
+            aggregate_max_bytes: Some(300),
+            ..ProducerConfig::default()
+        };
         let producer = Producer::start(streams.clone(), "events", config)
             .await
             .unwrap();

@@ -47,6 +47,80 @@ pub struct Config {
     /// Websites whose pages send events from visitors' browsers.
     #[serde(default)]
     pub sites: Vec<SiteConfig>,
+    /// Live feeds: `GET /v1/streams/{name}/live`.
+    #[serde(default)]
+    pub live: LiveConfig,
+}
+
+/// Live feeds (Server-Sent Events). One reader per stream per process
+/// serves every subscriber of that stream.
+#[derive(Clone, Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LiveConfig {
+    /// Wait before a stream's reader reads again when it found nothing, in
+    /// milliseconds (default 10; Kinesis's read interval is kept anyway).
+    #[serde(default = "default_live_idle_poll_ms")]
+    pub idle_poll_ms: u64,
+    /// Records a stream's reader keeps for its subscribers (default 4,096):
+    /// a subscriber further behind than this is cut off (`event: lagged`).
+    #[serde(default = "default_live_buffer")]
+    pub buffer: usize,
+    /// Subscribers this process serves at once, over all streams (default 10,000).
+    #[serde(default = "default_live_max_subscribers")]
+    pub max_subscribers: usize,
+    /// Seconds between keep-alive comments on a quiet feed (default 15).
+    #[serde(default = "default_live_keep_alive_secs")]
+    pub keep_alive_secs: u64,
+}
+
+fn default_live_idle_poll_ms() -> u64 {
+    10
+}
+fn default_live_buffer() -> usize {
+    4096
+}
+fn default_live_max_subscribers() -> usize {
+    10_000
+}
+fn default_live_keep_alive_secs() -> u64 {
+    15
+}
+
+impl Default for LiveConfig {
+    fn default() -> Self {
+        Self {
+            idle_poll_ms: default_live_idle_poll_ms(),
+            buffer: default_live_buffer(),
+            max_subscribers: default_live_max_subscribers(),
+            keep_alive_secs: default_live_keep_alive_secs(),
+        }
+    }
+}
+
+impl LiveConfig {
+    fn check(&self) -> Result<(), String> {
+        if self.idle_poll_ms == 0 {
+            return Err(
+                "live.idle_poll_ms: expected at least 1 (0 reads idle shards in a hot loop)".into(),
+            );
+        }
+        if !(16..=1_000_000).contains(&self.buffer) {
+            return Err(format!(
+                "live.buffer: expected 16 to 1,000,000, found {}",
+                self.buffer
+            ));
+        }
+        if self.max_subscribers == 0 {
+            return Err("live.max_subscribers: expected at least 1".into());
+        }
+        if !(1..=3600).contains(&self.keep_alive_secs) {
+            return Err(format!(
+                "live.keep_alive_secs: expected 1 to 3,600, found {}",
+                self.keep_alive_secs
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// A website: a public write key bound to the origins allowed to use it.
@@ -586,6 +660,7 @@ impl Config {
     }
 
     fn check(&self) -> Result<(), String> {
+        self.live.check()?;
         let c = &self.collector;
         if c.max_event_bytes == 0 || c.max_event_bytes > MAX_RECORD_BYTES {
             return Err(format!(
@@ -779,6 +854,11 @@ mod tests {
                 "[backend]\nkind = \"aws\"\nregoin = \"eu-west-1\"\n",
                 "line 1",
                 "unknown field `regoin`",
+            ),
+            (
+                "[live]\nkeep_alive_secs = 15\nbuffer = 2\n",
+                "line 3",
+                "live.buffer: expected 16 to 1,000,000, found 2",
             ),
             (
                 "[collector]\nmax_event_bytes = 2000000\n",

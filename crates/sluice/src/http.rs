@@ -37,18 +37,6 @@ impl Default for HttpLimits {
     }
 }
 
-/// Counts a connection as open until it ends, however it ends.
-struct OpenConnection {
-    gauge: sluice_telemetry::Gauge,
-    _permit: tokio::sync::OwnedSemaphorePermit,
-}
-
-impl Drop for OpenConnection {
-    fn drop(&mut self) {
-        self.gauge.add(-1);
-    }
-}
-
 /// Serves `app` over HTTP/1.1 on `listener` within `limits` until
 /// `shutdown` completes, then stops accepting, closes idle connections and
 /// lets requests in flight finish (up to 30 s). Each request carries its
@@ -94,11 +82,8 @@ pub async fn serve(
             continue;
         };
         let _ = stream.set_nodelay(true);
-        open.add(1);
-        let guard = OpenConnection {
-            gauge: open.clone(),
-            _permit: permit,
-        };
+        // Counted as open until the connection ends, however it ends.
+        let guard = (open.hold(1), permit);
         let app = app.clone();
         let service =
             hyper::service::service_fn(move |request: hyper::Request<hyper::body::Incoming>| {

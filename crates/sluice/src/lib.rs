@@ -14,5 +14,6 @@ pub mod consume;
 pub mod error;
 pub mod http;
 pub mod lambda;
+pub mod live;
 pub mod router;
 pub mod server;

@@ -295,6 +295,7 @@ fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
 pub fn http_routes(
     collector: Arc<Collector>,
     streams: Arc<dyn StreamBackend>,
+    live: Arc<crate::live::Live>,
     tokens: Tokens,
 ) -> Router {
     let authorize = middleware::from_fn_with_state(
@@ -314,10 +315,18 @@ pub fn http_routes(
     let api_routes = Router::new()
         .route("/v1/streams", get(crate::api::list_streams))
         .route("/v1/streams/{name}/records", get(crate::api::read_records))
-        .route_layer(middleware::from_fn_with_state(tokens, require_token))
+        .route_layer(middleware::from_fn_with_state(
+            tokens.clone(),
+            require_token,
+        ))
         .with_state(streams);
+    let live_routes = Router::new()
+        .route("/v1/streams/{name}/live", get(crate::live::subscribe))
+        .route_layer(middleware::from_fn_with_state(tokens, require_token))
+        .with_state(live);
     collector_routes
         .merge(api_routes)
+        .merge(live_routes)
         .route(
             "/metrics",
             get(|| async { sluice_telemetry::registry::render_prometheus() }),
@@ -418,7 +427,8 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         None
     };
 
-    let app = http_routes(collector, store.streams.clone(), tokens);
+    let live = crate::live::Live::new(store.streams.clone(), config.live.clone());
+    let app = http_routes(collector, store.streams.clone(), live.clone(), tokens);
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -436,7 +446,12 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         listener,
         app,
         HttpLimits::from_config(&config.collector),
-        shutdown_signal(),
+        async {
+            shutdown_signal().await;
+            // Live feeds never end by themselves: end them, so their
+            // connections close with the rest.
+            live.close();
+        },
     )
     .await?;
 

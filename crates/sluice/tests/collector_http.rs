@@ -31,7 +31,8 @@ async fn serve(
     };
     let collector =
         Arc::new(Collector::new(producer, rules, queue_events).with_max_body_bytes(1 << 20));
-    let app = sluice::server::http_routes(collector.clone(), streams, Tokens::new(tokens));
+    let live = sluice::live::Live::new(streams.clone(), Default::default());
+    let app = sluice::server::http_routes(collector.clone(), streams, live, Tokens::new(tokens));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(sluice::http::serve(

@@ -13,7 +13,7 @@ pub mod registry;
 pub mod trace;
 
 pub use otlp::Telemetry;
-pub use registry::{Counter, Gauge, Histogram};
+pub use registry::{Counter, Gauge, GaugeHold, Histogram};
 
 use tracing_subscriber::EnvFilter;
 

@@ -55,6 +55,15 @@ metrics! {
     Counter COLLECTOR_CONNECTIONS_REFUSED
         "sluice_collector_connections_refused_total"
         "HTTP connections closed on arrival because collector.max_connections were open.";
+    Gauge LIVE_READERS
+        "sluice_live_readers"
+        "Readers following a stream for live feeds, by stream: one per stream per process, however many subscribers.";
+    Gauge LIVE_SUBSCRIBERS
+        "sluice_live_subscribers"
+        "Live feed subscribers connected now, by stream.";
+    Counter LIVE_LAGGED
+        "sluice_live_subscribers_lagged_total"
+        "Live feed subscribers cut off because they fell further behind than live.buffer records, by stream.";
     Histogram COLLECTOR_REQUEST_DURATION
         "sluice_collector_request_duration_seconds"
         "Time from a request's arrival at the collector to its answer.";

@@ -65,6 +65,23 @@ impl Gauge {
     pub fn get(&self) -> i64 {
         self.0.load(Ordering::Relaxed)
     }
+
+    /// Adds `v` until the returned guard is dropped, however the holder
+    /// ends (a task cancelled or a client gone mid-request included).
+    pub fn hold(&self, v: i64) -> GaugeHold {
+        self.add(v);
+        GaugeHold(self.clone(), v)
+    }
+}
+
+/// What [`Gauge::hold`] added, taken back on drop.
+#[derive(Debug)]
+pub struct GaugeHold(Gauge, i64);
+
+impl Drop for GaugeHold {
+    fn drop(&mut self) {
+        self.0.add(-self.1);
+    }
 }
 
 /// A distribution of durations.

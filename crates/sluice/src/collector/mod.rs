@@ -90,17 +90,6 @@ pub enum Writer {
     Server,
 }
 
-/// Counts the events a request holds back while it waits for the stream,
-/// and gives them back however the request ends (a client that hangs up
-/// mid-request included).
-struct QueueDepth<'a>(&'a Gauge, i64);
-
-impl Drop for QueueDepth<'_> {
-    fn drop(&mut self) {
-        self.0.add(-self.1);
-    }
-}
-
 /// Counts every collector request by status and times it to its answer.
 pub async fn measure(request: Request, next: Next) -> Response {
     static DURATION: OnceLock<Histogram> = OnceLock::new();
@@ -424,8 +413,10 @@ pub async fn post_events(
             retry_after_secs: 1,
         });
     };
-    collector.queue_depth.add(to_write as i64);
-    let depth = QueueDepth(&collector.queue_depth, to_write as i64);
+    // The events this request holds back while it waits for the stream,
+    // given back however the request ends (a client that hangs up
+    // mid-request included).
+    let depth = collector.queue_depth.hold(to_write as i64);
     let sent = if to_write == 0 {
         Ok(())
     } else {

@@ -4,3 +4,4 @@
 
 pub mod cdp;
 pub mod process;
+pub mod sse;
