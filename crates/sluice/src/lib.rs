@@ -7,6 +7,7 @@
 
 pub mod api;
 pub mod auth;
+pub mod bench;
 pub mod cli;
 pub mod collector;
 pub mod config;

@@ -438,10 +438,11 @@ impl Subscriber {
         (!out.is_empty()).then(|| Bytes::from(out))
     }
 
-    /// The next record of the shared reader this subscriber has not sent,
-    /// or a keep-alive comment.
+    /// What the shared reader has for this subscriber: every message ready
+    /// now in one chunk (one write for a burst, not one per record), or a
+    /// keep-alive comment.
     async fn follow(&mut self) -> Option<Bytes> {
-        let received = tokio::select! {
+        let mut received = tokio::select! {
             received = self.receiver.recv() => received,
             _ = tokio::time::sleep(self.keep_alive) => return Some(Bytes::from_static(b":\n\n")),
             _ = self.closed.changed() => {
@@ -449,6 +450,32 @@ impl Subscriber {
                 return None;
             }
         };
+        let mut chunk = Chunk::default();
+        loop {
+            match self.take(received).await {
+                Step::Send(message) => chunk.push(message),
+                Step::Skip => {}
+                Step::Stop => break,
+            }
+            if chunk.len() >= MAX_CHUNK_BYTES {
+                break;
+            }
+            received = match self.receiver.try_recv() {
+                Ok(event) => Ok(event),
+                Err(broadcast::error::TryRecvError::Empty) => break,
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    Err(broadcast::error::RecvError::Lagged(n))
+                }
+                Err(broadcast::error::TryRecvError::Closed) => {
+                    Err(broadcast::error::RecvError::Closed)
+                }
+            };
+        }
+        chunk.finish()
+    }
+
+    /// What one event of the shared reader means for this subscriber.
+    async fn take(&mut self, received: Result<Arc<Event>, broadcast::error::RecvError>) -> Step {
         let Phase::Live { synced } = &mut self.phase else {
             unreachable!("following");
         };
@@ -470,11 +497,11 @@ impl Subscriber {
                     {
                         Ok(follower) => {
                             self.phase = Phase::CatchUp(follower);
-                            None
+                            Step::Stop
                         }
                         Err(e) => {
                             self.done = true;
-                            Some(control("error", &error_json(&e.to_string())))
+                            Step::Send(control("error", &error_json(&e.to_string())))
                         }
                     };
                 }
@@ -482,18 +509,18 @@ impl Subscriber {
                     .counter(&[("stream", &self.hub.stream)])
                     .inc();
                 self.done = true;
-                return Some(control("lagged", &format!("{{\"missed\":{missed}}}")));
+                return Step::Send(control("lagged", &format!("{{\"missed\":{missed}}}")));
             }
             Err(broadcast::error::RecvError::Closed) => {
                 self.done = true;
-                return None;
+                return Step::Stop;
             }
         };
         let entry = match event.as_ref() {
             Event::Record(entry) => entry,
             Event::End(reason) => {
                 self.done = true;
-                return Some(control("error", &error_json(reason)));
+                return Step::Send(control("error", &error_json(reason)));
             }
         };
         // A synced subscriber's positions are the reader's: not kept, as a
@@ -502,7 +529,7 @@ impl Subscriber {
             None
         } else {
             if !self.positions.get(&entry.shard).admits(&entry.record) {
-                return None; // sent while catching up
+                return Step::Skip; // sent while catching up
             }
             self.positions
                 .set(&entry.shard, Position::after(&entry.record));
@@ -510,12 +537,65 @@ impl Subscriber {
             (!*synced).then(|| self.positions.encode())
         };
         if !wanted(&self.pattern, entry.headers.as_ref()) {
-            return None;
+            return Step::Skip;
         }
-        Some(match id {
+        Step::Send(match id {
             None => entry.message.clone(),
             Some(id) => message(&id, &entry.record.data),
         })
+    }
+}
+
+/// Most bytes of messages written to a subscriber at once.
+const MAX_CHUNK_BYTES: usize = 256 * 1024;
+
+enum Step {
+    Send(Bytes),
+    Skip,
+    /// Nothing more in this chunk: the subscriber ended or catches up.
+    Stop,
+}
+
+/// Messages for one write: a single one as it is, several copied together.
+#[derive(Default)]
+enum Chunk {
+    #[default]
+    Empty,
+    One(Bytes),
+    Many(Vec<u8>),
+}
+
+impl Chunk {
+    fn push(&mut self, message: Bytes) {
+        *self = match std::mem::take(self) {
+            Chunk::Empty => Chunk::One(message),
+            Chunk::One(first) => {
+                let mut many = Vec::with_capacity((first.len() + message.len()) * 4);
+                many.extend_from_slice(&first);
+                many.extend_from_slice(&message);
+                Chunk::Many(many)
+            }
+            Chunk::Many(mut many) => {
+                many.extend_from_slice(&message);
+                Chunk::Many(many)
+            }
+        };
+    }
+
+    fn len(&self) -> usize {
+        match self {
+            Chunk::Empty => 0,
+            Chunk::One(one) => one.len(),
+            Chunk::Many(many) => many.len(),
+        }
+    }
+
+    fn finish(self) -> Option<Bytes> {
+        match self {
+            Chunk::Empty => None,
+            Chunk::One(one) => Some(one),
+            Chunk::Many(many) => Some(Bytes::from(many)),
+        }
     }
 }
 

@@ -171,10 +171,37 @@ enum Command {
         #[arg(long)]
         start: Option<String>,
     },
+    /// Measure a running Sluice.
+    #[command(subcommand)]
+    Bench(BenchCommand),
     /// Check a configuration file and exit.
     CheckConfig {
         #[arg(long)]
         config: Option<PathBuf>,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchCommand {
+    /// Post events at a steady rate and time them to a live feed's
+    /// subscribers: delivery p50, p99 and max.
+    Live {
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// The stream to follow (the collector writes the inbound one).
+        #[arg(long, default_value = "inbound")]
+        stream: String,
+        /// Events per second, each posted alone.
+        #[arg(long, default_value_t = 1000)]
+        rate: u32,
+        #[arg(long, default_value_t = 10)]
+        seconds: u64,
+        /// Live feed subscribers (the first few time every event; all count).
+        #[arg(long, default_value_t = 1)]
+        subscribers: usize,
+        /// Bearer token for a Sluice that requires one.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
     },
 }
 
@@ -331,6 +358,35 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                 if e.kind() != std::io::ErrorKind::BrokenPipe {
                     return Err(e.into());
                 }
+            }
+        }
+        Command::Bench(BenchCommand::Live {
+            url,
+            stream,
+            rate,
+            seconds,
+            subscribers,
+            token,
+        }) => {
+            let report = sluice::bench::live(sluice::bench::LiveBench {
+                url,
+                stream,
+                rate,
+                seconds,
+                subscribers,
+                token,
+            })
+            .await?;
+            println!(
+                "{} events at {rate}/s to {subscribers} subscribers: the fewest delivered to one {}; POST to SSE p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
+                report.sent,
+                report.least_delivered,
+                report.p50.as_secs_f64() * 1e3,
+                report.p99.as_secs_f64() * 1e3,
+                report.max.as_secs_f64() * 1e3,
+            );
+            if report.least_delivered < report.sent {
+                return Ok(std::process::ExitCode::from(2));
             }
         }
         Command::CheckConfig { config } => {

@@ -41,7 +41,11 @@ fn auth() -> (&'static str, String) {
 /// An event of user `user` numbered `n`: a purchase of `n` when `n` is
 /// even, a page view when odd.
 fn event(user: usize, n: u64) -> Value {
-    let kind = if n.is_multiple_of(2) { "purchase" } else { "page_view" };
+    let kind = if n.is_multiple_of(2) {
+        "purchase"
+    } else {
+        "page_view"
+    };
     json!({
         "type": kind,
         "partition_key": format!("user-{user}"),
@@ -135,8 +139,63 @@ async fn metric(url: &str, series: &str) -> Option<f64> {
 async fn records_arrive_in_order_per_key_and_a_resume_gets_each_once() {
     let dir = tempfile::tempdir().unwrap();
     let sluice = start(dir.path(), CONFIG);
-    let url = &sluice.url;
-    let live = format!("{url}/v1/streams/inbound/live");
+    resume_exactly(&sluice.url, "inbound").await;
+
+    // A quiet feed still speaks: a keep-alive comment within the interval.
+    let (name, token) = auth();
+    let mut quiet = Feed::open(
+        &format!("{}/v1/streams/dead-letter/live", sluice.url),
+        &[(name, &token)],
+    )
+    .await;
+    quiet.keep_comments = true;
+    let comment = quiet.next(Duration::from_secs(5)).await.unwrap();
+    assert_eq!(comment.event, "comment");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resume_gets_each_record_once_on_kinesis_and_dynamodb_apis() {
+    let moto = std::env::var("SLUICE_TEST_MOTO").unwrap_or_else(|_| {
+        panic!("SLUICE_TEST_MOTO is not set: this test needs a running moto server; run ./scripts/test, which installs and starts it")
+    });
+    let prefix = format!("live-{}", std::process::id());
+    let config = format!(
+        r#"
+inbound = "{prefix}-inbound"
+[backend]
+kind = "aws"
+kinesis_endpoint = "{moto}"
+dynamodb_endpoint = "{moto}"
+create_missing = true
+[streams]
+inbound_shards = 2
+output_shards = 1
+[router]
+checkpoint_table = "{prefix}-checkpoints"
+[collector]
+tokens_env = "E2E_TOKENS"
+[unmatched]
+to = "{prefix}-unrouted"
+[dead_letter]
+to = "{prefix}-dead-letter"
+"#
+    );
+    let env = [
+        ("AWS_ACCESS_KEY_ID", "test"),
+        ("AWS_SECRET_ACCESS_KEY", "test"),
+        ("AWS_REGION", "us-east-1"),
+        ("AWS_EC2_METADATA_DISABLED", "true"),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let sluice = Sluice::start_with(dir.path(), "up", &config, &env);
+    resume_exactly(&sluice.url, &format!("{prefix}-inbound")).await;
+}
+
+/// Subscribes, reads half of 300 posted records, disconnects, lets 300
+/// more arrive and resumes from the last id while another subscriber keeps
+/// the shared reader going: every record once, in order per key.
+async fn resume_exactly(url: &str, stream: &str) {
+    let live = format!("{url}/v1/streams/{stream}/live");
     let (name, token) = auth();
 
     // Another subscriber keeps the shared reader running throughout, so the
@@ -151,7 +210,7 @@ async fn records_arrive_in_order_per_key_and_a_resume_gets_each_once() {
     drop(first); // disconnect midway: 150 of 300 read
 
     let posting = {
-        let url = url.clone();
+        let url = url.to_owned();
         tokio::spawn(async move {
             for batch in events(10, 30, 30).chunks(10) {
                 post(&url, batch).await;
@@ -172,16 +231,6 @@ async fn records_arrive_in_order_per_key_and_a_resume_gets_each_once() {
             "{user}: each once, in order"
         );
     }
-
-    // A quiet feed still speaks: a keep-alive comment within the interval.
-    let mut quiet = Feed::open(
-        &format!("{url}/v1/streams/dead-letter/live"),
-        &[(name, &token)],
-    )
-    .await;
-    quiet.keep_comments = true;
-    let comment = quiet.next(Duration::from_secs(5)).await.unwrap();
-    assert_eq!(comment.event, "comment");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
