@@ -33,10 +33,10 @@ pub struct Faults {
     /// Fraction of GetRecords calls failed with an expired iterator, as
     /// Kinesis does for an iterator older than five minutes.
     pub expired_iterator_rate: f64,
-    /// Fraction of GetRecords calls answered with an empty page while
-    /// records remain (`MillisBehindLatest` > 0), as Kinesis answers on
+    /// Fraction of GetRecords calls that had records answered with an
+    /// empty page instead (`MillisBehindLatest` > 0), as Kinesis answers on
     /// sparse shards and after TRIM_HORIZON. The iterator is handed back
-    /// unchanged, so nothing is skipped.
+    /// unchanged, so nothing is skipped; at the tip pages are as they are.
     pub empty_page_rate: f64,
     /// Fraction of calls delayed by up to `max_delay`.
     pub delay_rate: f64,
@@ -168,15 +168,16 @@ impl StreamBackend for FaultyStreams {
                 "injected: iterator expired".into(),
             ));
         }
-        if self.roll(self.faults.empty_page_rate) {
+        let out = self.inner.get_records(iterator, limit).await?;
+        if !out.records.is_empty() && self.roll(self.faults.empty_page_rate) {
             return Ok(GetRecordsOutput {
                 records: Vec::new(),
                 next_iterator: Some(iterator.to_owned()),
-                millis_behind_latest: Some(1_000),
+                millis_behind_latest: Some(out.millis_behind_latest.unwrap_or(0).max(1_000)),
                 child_shards: Vec::new(),
             });
         }
-        self.inner.get_records(iterator, limit).await
+        Ok(out)
     }
     async fn split_shard(&self, name: &str, shard_id: &str, at: u128) -> Result<(), StreamError> {
         self.inner.split_shard(name, shard_id, at).await

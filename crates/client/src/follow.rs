@@ -241,8 +241,11 @@ impl Follower {
     }
 
     /// Follows what arrives in `stream` from now on: the open shards from
-    /// the current time, children of later splits and merges from their
-    /// start; closed shards are done.
+    /// their tip (LATEST iterators, taken before this returns), children of
+    /// later splits and merges from their start; closed shards are done.
+    /// Until a shard hands out a record its position is `now_ms`, taken
+    /// before the tips were: a cursor from then misses nothing the follower
+    /// did not hand out.
     pub async fn from_now(
         streams: Arc<dyn StreamBackend>,
         stream: &str,
@@ -255,9 +258,20 @@ impl Follower {
             positions.set(&Arc::from(shard.shard_id.as_str()), Position::AtMs(now_ms));
         }
         let mut follower = Self::new(streams, stream, positions, batch).await?;
-        for shard in shards.iter().filter(|s| !s.is_open()) {
+        for shard in &shards {
+            let latest = if shard.is_open() {
+                Some(
+                    follower
+                        .streams
+                        .get_shard_iterator(stream, &shard.shard_id, StartPosition::Latest)
+                        .await?,
+                )
+            } else {
+                None
+            };
             if let Some(state) = follower.shards.get_mut(shard.shard_id.as_str()) {
-                state.finished = true;
+                state.finished = latest.is_none();
+                state.iterator = latest;
             }
         }
         Ok(follower)

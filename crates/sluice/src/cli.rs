@@ -138,7 +138,76 @@ pub async fn tail(
             if !follow {
                 return Ok(());
             }
-            tokio::time::sleep(Duration::from_millis(500)).await;
+            let cursor = cursor.context("the read API gave no cursor")?;
+            let left = limit.map(|l| l - printed);
+            return follow_live(&client, url, stream, cursor, left, token).await;
         }
+    }
+}
+
+/// Prints what arrives in `stream` after `cursor`, from its live feed (one
+/// reader per stream in the server, whatever the number of followers).
+/// Reconnects from the last record printed if the feed is cut off.
+async fn follow_live(
+    client: &reqwest::Client,
+    url: &str,
+    stream: &str,
+    mut cursor: String,
+    mut left: Option<usize>,
+    token: Option<&str>,
+) -> anyhow::Result<()> {
+    use futures::StreamExt;
+    let endpoint = format!("{}/v1/streams/{stream}/live", url.trim_end_matches('/'));
+    let mut stdout = std::io::stdout();
+    loop {
+        let mut request = client.get(&endpoint).header("last-event-id", &cursor);
+        if let Some(token) = token {
+            request = request.bearer_auth(token);
+        }
+        let response = request
+            .send()
+            .await
+            .with_context(|| format!("following {endpoint}"))?;
+        let status = response.status();
+        if !status.is_success() {
+            let body = response.text().await.unwrap_or_default();
+            bail!("HTTP {status}: {}", body.trim());
+        }
+        let mut body = response.bytes_stream();
+        let mut pending: Vec<u8> = Vec::new();
+        let mut event = String::new();
+        let mut data: Option<String> = None;
+        while let Some(chunk) = body.next().await {
+            pending.extend_from_slice(&chunk?);
+            while let Some(end) = pending.iter().position(|b| *b == b'\n') {
+                let line: Vec<u8> = pending.drain(..=end).collect();
+                let line = String::from_utf8_lossy(&line[..line.len() - 1]).into_owned();
+                if let Some(id) = line.strip_prefix("id: ") {
+                    cursor = id.to_owned();
+                } else if let Some(name) = line.strip_prefix("event: ") {
+                    event = name.to_owned();
+                } else if let Some(text) = line.strip_prefix("data: ") {
+                    data = Some(text.to_owned());
+                } else if line.is_empty() {
+                    match (event.as_str(), data.take()) {
+                        ("" | "message", Some(record)) => {
+                            writeln!(stdout, "{record}")?;
+                            stdout.flush()?;
+                            if let Some(left) = &mut left {
+                                *left -= 1;
+                                if *left == 0 {
+                                    return Ok(());
+                                }
+                            }
+                        }
+                        ("error", Some(reason)) => bail!("the live feed ended: {reason}"),
+                        // Cut off as too slow: reconnect from the last record.
+                        _ => {}
+                    }
+                    event.clear();
+                }
+            }
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }

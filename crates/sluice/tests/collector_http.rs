@@ -1,6 +1,8 @@
-//! The collector over real HTTP, in process, with a stream whose writes a
-//! test holds back: a full queue answers 503 with Retry-After, and requests
-//! waiting for the stream get their 202 once it acknowledges.
+//! Sluice's HTTP server in process, over real HTTP, on streams that
+//! misbehave as a test asks: a full queue answers 503 with Retry-After, and
+//! requests waiting for the stream get their 202 once it acknowledges; on
+//! the Kinesis API (kinesalite) with empty pages while records remain, the
+//! read API reads past them and `sluice tail --follow` shares one reader.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -20,7 +22,17 @@ async fn serve(
     queue_events: usize,
     tokens: Vec<String>,
 ) -> (String, Arc<Collector>) {
-    let producer = Producer::start(streams.clone(), "inbound", ProducerConfig::default())
+    serve_on(streams, "inbound", queue_events, tokens).await
+}
+
+/// [`serve`] with the collector writing to `inbound`.
+async fn serve_on(
+    streams: Arc<dyn StreamBackend>,
+    inbound: &str,
+    queue_events: usize,
+    tokens: Vec<String>,
+) -> (String, Arc<Collector>) {
+    let producer = Producer::start(streams.clone(), inbound, ProducerConfig::default())
         .await
         .unwrap();
     let rules = IngestRules {
@@ -221,4 +233,180 @@ async fn every_error_answer_is_the_same_json_shape() {
         .to_ascii_lowercase()
         .contains("content-type: application/json"));
     assert!(answer.contains("limit of 1048576 bytes"), "{answer}");
+}
+
+/// A stream on kinesalite with `shards` shards, through a backend that
+/// answers half the pages that have records with an empty one instead.
+async fn sparse_stream_on_kinesalite(shards: u32) -> (Arc<dyn StreamBackend>, String) {
+    use sluice_backends::conformance::servers::{kinesalite, kinesis};
+    let kinesis: Arc<dyn StreamBackend> = Arc::new(kinesis(&kinesalite()));
+    let name = format!(
+        "read-{}-{}",
+        std::process::id(),
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos()
+    );
+    kinesis.create_stream(&name, shards).await.unwrap();
+    let faulty = FaultyStreams::new(
+        kinesis,
+        Faults {
+            empty_page_rate: 0.5,
+            seed: 11,
+            ..Faults::default()
+        },
+    );
+    (Arc::new(faulty), name)
+}
+
+/// `count` records, in order per key, for `keys` keys; key 0 gets one only
+/// (a sparse shard among busier ones).
+async fn put_numbered(streams: &Arc<dyn StreamBackend>, stream: &str, keys: usize, count: u64) {
+    let producer = Producer::start(streams.clone(), stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    let mut records = Vec::new();
+    for n in 0..count {
+        for k in 0..keys {
+            if k == 0 && n > 0 {
+                continue;
+            }
+            let data = format!("{{\"headers\":{{\"type\":\"t\",\"k\":{k},\"n\":{n}}}}}");
+            records.push(sluice_core::stream::PutRecord::new(
+                format!("key-{k}"),
+                data,
+            ));
+        }
+    }
+    producer.send(records).await.unwrap();
+    producer.close().await;
+}
+
+/// (k, n) of each line, checked in order per key; how many per key.
+fn check_lines(text: &str) -> std::collections::BTreeMap<u64, u64> {
+    let mut next = std::collections::BTreeMap::new();
+    for line in text.lines() {
+        let record: serde_json::Value = serde_json::from_str(line).unwrap();
+        let (k, n) = (
+            record["headers"]["k"].as_u64().unwrap(),
+            record["headers"]["n"].as_u64().unwrap(),
+        );
+        let expected = next.entry(k).or_insert(0);
+        assert_eq!(n, *expected, "key {k}: every record once, in order");
+        *expected += 1;
+    }
+    next
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_read_api_reads_past_empty_pages_while_records_remain() {
+    let (streams, stream) = sparse_stream_on_kinesalite(4).await;
+    put_numbered(&streams, &stream, 8, 40).await;
+    let (url, _collector) = serve_on(streams, &stream, 100, vec![]).await;
+    let client = reqwest::Client::new();
+    let mut text = String::new();
+    let mut cursor: Option<String> = None;
+    let mut pages = 0;
+    loop {
+        pages += 1;
+        assert!(pages < 100, "the pages never ended");
+        let mut request = client
+            .get(format!("{url}/v1/streams/{stream}/records"))
+            .query(&[("limit", "1000")]);
+        request = match &cursor {
+            Some(c) => request.query(&[("cursor", c)]),
+            None => request.query(&[("from", "trim_horizon")]),
+        };
+        let response = request.send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        let more = response.headers()["sluice-more"] == "true";
+        cursor = Some(
+            response.headers()["sluice-cursor"]
+                .to_str()
+                .unwrap()
+                .to_owned(),
+        );
+        text.push_str(&response.text().await.unwrap());
+        if !more {
+            break;
+        }
+    }
+    // "No more" means no more: not the first empty page.
+    let per_key = check_lines(&text);
+    assert_eq!(per_key[&0], 1);
+    assert!((1..8).all(|k| per_key[&k] == 40), "{per_key:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tail_follow_gets_every_record_and_followers_share_one_reader() {
+    let (streams, stream) = sparse_stream_on_kinesalite(2).await;
+    put_numbered(&streams, &stream, 4, 5).await;
+    let (url, _collector) = serve_on(streams.clone(), &stream, 100, vec![]).await;
+    // 16 records there already (key 0 once, keys 1 to 3 five times each);
+    // keys 1 to 3 go on to 30 each: 91 in all.
+    let total = 91;
+    let tail = || {
+        std::process::Command::new(env!("CARGO_BIN_EXE_sluice"))
+            .args([
+                "tail",
+                &stream,
+                "--follow",
+                "--limit",
+                &total.to_string(),
+                "--url",
+                &url,
+            ])
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .unwrap()
+    };
+    let (first, second) = (tail(), tail());
+    let metric = |series: String| {
+        let url = url.clone();
+        async move {
+            let text = reqwest::get(format!("{url}/metrics"))
+                .await
+                .unwrap()
+                .text()
+                .await
+                .unwrap();
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
+        }
+    };
+    let subscribers = format!("sluice_live_subscribers{{stream=\"{stream}\"}}");
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while metric(subscribers.clone()).await != Some(2.0) {
+        assert!(Instant::now() < deadline, "the followers never subscribed");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        metric(format!("sluice_live_readers{{stream=\"{stream}\"}}")).await,
+        Some(1.0),
+        "two followers, one reader"
+    );
+    // The rest arrives while they follow: numbers 5 to 29 of keys 1 to 3.
+    let producer = Producer::start(streams, &stream, ProducerConfig::default())
+        .await
+        .unwrap();
+    for n in 5..30 {
+        let records = (1..4)
+            .map(|k| {
+                let data = format!("{{\"headers\":{{\"type\":\"t\",\"k\":{k},\"n\":{n}}}}}");
+                sluice_core::stream::PutRecord::new(format!("key-{k}"), data)
+            })
+            .collect();
+        producer.send(records).await.unwrap();
+    }
+    producer.close().await;
+    for child in [first, second] {
+        let out = tokio::task::spawn_blocking(move || child.wait_with_output().unwrap())
+            .await
+            .unwrap();
+        assert!(out.status.success());
+        let per_key = check_lines(&String::from_utf8(out.stdout).unwrap());
+        assert_eq!(per_key[&0], 1);
+        assert!((1..4).all(|k| per_key[&k] == 30), "{per_key:?}");
+    }
 }
