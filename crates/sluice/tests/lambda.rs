@@ -549,3 +549,72 @@ fn the_rules_in_the_deployment_template_load() {
     assert_eq!(config.rules().streams().len(), 4);
     assert!(config.outputs["sluice-prod-clickstream"].aggregate);
 }
+
+/// The template's resources, by name: each one's lines.
+fn template_resources() -> Vec<(String, String)> {
+    let template = std::fs::read_to_string(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../../deploy/template.yaml"
+    ))
+    .unwrap();
+    let body = template
+        .split("\nResources:\n")
+        .nth(1)
+        .unwrap()
+        .split("\nOutputs:\n")
+        .next()
+        .unwrap();
+    let mut resources: Vec<(String, String)> = Vec::new();
+    for line in body.lines() {
+        let is_name = line.starts_with("  ")
+            && !line.starts_with("   ")
+            && !line.trim_start().starts_with('#')
+            && line.trim_end().ends_with(':');
+        if is_name {
+            resources.push((line.trim().trim_end_matches(':').to_owned(), String::new()));
+        } else if let Some((_, block)) = resources.last_mut() {
+            block.push_str(line);
+            block.push('\n');
+        }
+    }
+    resources
+}
+
+#[test]
+fn the_template_alarms_on_every_stream_the_router_and_its_failures() {
+    let resources = template_resources();
+    let alarms: Vec<&String> = resources
+        .iter()
+        .filter(|(_, block)| block.contains("Type: AWS::CloudWatch::Alarm"))
+        .map(|(_, block)| block)
+        .collect();
+    let alarm_on = |metric: &str, target: &str| {
+        alarms.iter().any(|block| {
+            block.contains(&format!("MetricName: {metric}\n"))
+                && block.contains(&format!("Value: {target}\n"))
+                && block.contains("AlarmActions: !If [Notifies, [!Ref AlarmTopicArn], []]")
+                && block.contains("TreatMissingData: notBreaching")
+        })
+    };
+    let streams: Vec<&String> = resources
+        .iter()
+        .filter(|(_, block)| block.contains("Type: AWS::Kinesis::Stream"))
+        .map(|(name, _)| name)
+        .collect();
+    assert_eq!(streams.len(), 5);
+    for stream in streams {
+        assert!(
+            alarm_on("WriteProvisionedThroughputExceeded", &format!("!Ref {stream}")),
+            "no write-throttle alarm on {stream}"
+        );
+    }
+    assert!(alarm_on("GetRecords.IteratorAgeMilliseconds", "!Ref InboundStream"));
+    for metric in ["IteratorAge", "Errors", "Throttles"] {
+        assert!(alarm_on(metric, "!Ref Router"), "no {metric} alarm on the router");
+    }
+    assert!(alarm_on(
+        "ApproximateNumberOfMessagesVisible",
+        "!GetAtt RouterFailures.QueueName"
+    ));
+    assert_eq!(alarms.len(), 10, "one alarm per condition, no strays");
+}
