@@ -604,13 +604,22 @@ fn the_template_alarms_on_every_stream_the_router_and_its_failures() {
     assert_eq!(streams.len(), 5);
     for stream in streams {
         assert!(
-            alarm_on("WriteProvisionedThroughputExceeded", &format!("!Ref {stream}")),
+            alarm_on(
+                "WriteProvisionedThroughputExceeded",
+                &format!("!Ref {stream}")
+            ),
             "no write-throttle alarm on {stream}"
         );
     }
-    assert!(alarm_on("GetRecords.IteratorAgeMilliseconds", "!Ref InboundStream"));
+    assert!(alarm_on(
+        "GetRecords.IteratorAgeMilliseconds",
+        "!Ref InboundStream"
+    ));
     for metric in ["IteratorAge", "Errors", "Throttles"] {
-        assert!(alarm_on(metric, "!Ref Router"), "no {metric} alarm on the router");
+        assert!(
+            alarm_on(metric, "!Ref Router"),
+            "no {metric} alarm on the router"
+        );
     }
     assert!(alarm_on(
         "ApproximateNumberOfMessagesVisible",

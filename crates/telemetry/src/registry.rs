@@ -31,6 +31,24 @@ pub struct MetricDef {
     pub name: &'static str,
     pub help: &'static str,
     pub kind: Kind,
+    /// The label names of every series, in this order (dimension keys in
+    /// Dynatrace, which the monitoring configuration's selectors use).
+    pub labels: &'static [&'static str],
+}
+
+impl MetricDef {
+    fn check_labels(&self, pairs: &[(&'static str, &str)]) {
+        debug_assert!(
+            pairs
+                .iter()
+                .map(|(k, _)| *k)
+                .eq(self.labels.iter().copied()),
+            "{} takes the labels {:?}, not {:?}",
+            self.name,
+            self.labels,
+            pairs.iter().map(|(k, _)| *k).collect::<Vec<_>>()
+        );
+    }
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -166,6 +184,7 @@ impl MetricDef {
     /// The counter of this metric with these labels.
     pub fn counter(&'static self, pairs: &[(&'static str, &str)]) -> Counter {
         assert_eq!(self.kind, Kind::Counter, "{} is not a counter", self.name);
+        self.check_labels(pairs);
         let mut series = registry().series.lock().expect("registry lock");
         let cell = series
             .entry((self.name, labels(pairs)))
@@ -179,6 +198,7 @@ impl MetricDef {
     /// The gauge of this metric with these labels.
     pub fn gauge(&'static self, pairs: &[(&'static str, &str)]) -> Gauge {
         assert_eq!(self.kind, Kind::Gauge, "{} is not a gauge", self.name);
+        self.check_labels(pairs);
         let mut series = registry().series.lock().expect("registry lock");
         let cell = series
             .entry((self.name, labels(pairs)))
@@ -197,6 +217,7 @@ impl MetricDef {
             "{} is not a histogram",
             self.name
         );
+        self.check_labels(pairs);
         let mut series = registry().series.lock().expect("registry lock");
         let labels = labels(pairs);
         let cell = series
@@ -319,12 +340,14 @@ mod tests {
         name: "sluice_test_things_total",
         help: "Things counted in a test.",
         kind: Kind::Counter,
+        labels: &["reason"],
     };
 
     static TEST_HISTOGRAM: MetricDef = MetricDef {
         name: "sluice_test_wait_seconds",
         help: "Waits in a test.",
         kind: Kind::Histogram,
+        labels: &["stream"],
     };
 
     #[test]

@@ -175,6 +175,9 @@ impl LambdaRouter {
         );
         let mut response = KinesisEventResponse::default();
         if let Some(sequence) = first_failed {
+            sluice_telemetry::metrics::ROUTER_BATCHES_RETRIED
+                .counter(&[])
+                .inc();
             let mut failure = KinesisBatchItemFailure::default();
             failure.item_identifier = Some(sequence);
             response.batch_item_failures.push(failure);
