@@ -42,6 +42,7 @@ mod moto_table {
     table_conformance!(moto_tables();
         conditional_writes,
         counters_add_atomically,
+        put_many_checks_each_condition,
         expired_items_read_as_absent,
         missing_tables_are_errors,
     );

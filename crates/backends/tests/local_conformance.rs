@@ -40,6 +40,7 @@ mod table {
     table_conformance!(table();
         conditional_writes,
         counters_add_atomically,
+        put_many_checks_each_condition,
         expired_items_read_as_absent,
         missing_tables_are_errors,
     );

@@ -81,6 +81,17 @@ impl Position {
         }
     }
 
+    /// A text that [`Position::from_text`] reads back.
+    pub fn to_text(&self) -> String {
+        let mut text = String::new();
+        self.write(&mut text);
+        text
+    }
+
+    pub fn from_text(text: &str) -> Option<Self> {
+        Self::parse(text)
+    }
+
     fn write(&self, out: &mut String) {
         use std::fmt::Write;
         match self {

@@ -103,6 +103,22 @@ pub trait TableBackend: Send + Sync {
     async fn add(&self, table: &str, key: &str, attr: &str, delta: i64) -> Result<i64, TableError>;
     /// Every live item, in key order.
     async fn scan(&self, table: &str) -> Result<Vec<(String, Item)>, TableError>;
+
+    /// Writes each item whose condition holds: one result per item, in
+    /// order. Not a transaction: each item stands alone, as if `put` were
+    /// called for each in turn; backends write them together where they
+    /// can (one commit on embedded storage, concurrent calls on DynamoDB).
+    async fn put_many(
+        &self,
+        table: &str,
+        puts: Vec<(String, Item, Condition)>,
+    ) -> Vec<Result<(), TableError>> {
+        let mut out = Vec::with_capacity(puts.len());
+        for (key, item, condition) in puts {
+            out.push(self.put(table, &key, item, condition).await);
+        }
+        out
+    }
 }
 
 /// Whether `condition` holds for `current` (the live item, if any). Shared by

@@ -61,14 +61,19 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 }
 
 /// Middleware of the read API: refuses the request with 401 unless it
-/// carries a valid token, and with 403 when it presents a site's write key,
-/// which opens `POST /v1/events` only. Runs before the body is read.
+/// carries a valid token, and with 403 when it presents a site's write key
+/// (a `Sluice-Key` header, or a `key` in the query that is one), which opens
+/// `POST /v1/events` only. A `key` that is no site's is a parameter of the
+/// route (a latest view's partition key). Runs before the body is read.
 pub async fn require_token(
-    State(tokens): State<Tokens>,
+    State((tokens, collector)): State<(Tokens, std::sync::Arc<crate::collector::Collector>)>,
     request: Request,
     next: Next,
 ) -> Result<Response, AppError> {
-    if crate::collector::sites::write_key(request.uri(), request.headers()).is_some() {
+    let presents_write_key = request.headers().contains_key("sluice-key")
+        || crate::collector::sites::write_key(request.uri(), request.headers())
+            .is_some_and(|key| collector.sites.by_key(key).is_some());
+    if presents_write_key {
         return Err(AppError::Forbidden(
             "a write key opens POST /v1/events only; reading needs a bearer token".into(),
         ));

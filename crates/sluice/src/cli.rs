@@ -211,3 +211,105 @@ async fn follow_live(
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
 }
+
+/// The text `sluice views` prints: every view, or one view's windows.
+pub async fn views(
+    url: &str,
+    name: Option<&str>,
+    from: Option<&str>,
+    to: Option<&str>,
+    json: bool,
+    token: Option<&str>,
+) -> anyhow::Result<String> {
+    use std::fmt::Write as _;
+    let base = url.trim_end_matches('/');
+    let endpoint = match name {
+        Some(name) => format!("{base}/v1/views/{name}"),
+        None => format!("{base}/v1/views"),
+    };
+    let mut request = reqwest::Client::new().get(&endpoint);
+    for (key, value) in [("from", from), ("to", to)] {
+        if let Some(value) = value {
+            request = request.query(&[(key, value)]);
+        }
+    }
+    if let Some(token) = token {
+        request = request.bearer_auth(token);
+    }
+    let response = request
+        .send()
+        .await
+        .with_context(|| format!("reading {endpoint}"))?;
+    let status = response.status();
+    let body = response.text().await?;
+    if !status.is_success() {
+        bail!("HTTP {status}: {}", body.trim());
+    }
+    if json {
+        return Ok(format!("{body}\n"));
+    }
+    let answer: serde_json::Value = serde_json::from_str(&body)?;
+    let mut out = String::new();
+    let text = |v: &serde_json::Value| match v {
+        serde_json::Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    if name.is_none() {
+        writeln!(
+            out,
+            "{:<24} {:<7} {:<20} {:>8}  GROUP_BY",
+            "VIEW", "KIND", "FROM", "WINDOW"
+        )?;
+        for view in answer.as_array().into_iter().flatten() {
+            let window = view["window_secs"]
+                .as_u64()
+                .map_or("-".to_owned(), |s| format!("{s}s"));
+            writeln!(
+                out,
+                "{:<24} {:<7} {:<20} {:>8}  {}",
+                text(&view["name"]),
+                text(&view["kind"]),
+                text(&view["from"]),
+                window,
+                view["group_by"].as_str().unwrap_or("-")
+            )?;
+        }
+        return Ok(out);
+    }
+    if let Some(keys) = answer["keys"].as_object() {
+        for (key, records) in keys {
+            writeln!(out, "{key}")?;
+            for record in records.as_array().into_iter().flatten() {
+                writeln!(out, "  {record}")?;
+            }
+        }
+        return Ok(out);
+    }
+    for window in answer["windows"].as_array().into_iter().flatten() {
+        let start = text(&window["start"]);
+        if let Some(groups) = window["groups"].as_object() {
+            let cells: Vec<String> = groups
+                .iter()
+                .map(|(group, value)| format!("{group}={value}"))
+                .collect();
+            writeln!(out, "{start}  {}", cells.join("  "))?;
+        } else if let Some(top) = window["top"].as_array() {
+            let cells: Vec<String> = top
+                .iter()
+                .map(|e| format!("{}={}", text(&e["value"]), e["count"]))
+                .collect();
+            writeln!(out, "{start}  {}", cells.join("  "))?;
+        } else if let Some(groups) = window["top"].as_object() {
+            for (group, top) in groups {
+                let cells: Vec<String> = top
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .map(|e| format!("{}={}", text(&e["value"]), e["count"]))
+                    .collect();
+                writeln!(out, "{start}  {group}: {}", cells.join("  "))?;
+            }
+        }
+    }
+    Ok(out)
+}

@@ -50,6 +50,17 @@ pub struct Config {
     /// Live feeds: `GET /v1/streams/{name}/live`.
     #[serde(default)]
     pub live: LiveConfig,
+    /// Aggregates kept of streams: `GET /v1/views/{name}`.
+    #[serde(default)]
+    pub views: Vec<crate::views::ViewConfig>,
+    /// The table of the views' cells (default "sluice-views"); each view's
+    /// lease table is named after it (`TABLE-VIEW`).
+    #[serde(default = "default_views_table")]
+    pub views_table: String,
+}
+
+fn default_views_table() -> String {
+    "sluice-views".into()
 }
 
 /// Live feeds (Server-Sent Events). One reader per stream per process
@@ -806,7 +817,42 @@ impl Config {
                 ));
             }
         }
+        self.view_specs()?;
         Ok(())
+    }
+
+    /// The views, checked.
+    pub fn view_specs(&self) -> Result<Vec<crate::views::ViewSpec>, String> {
+        let table_ok = (3..=200).contains(&self.views_table.len())
+            && self
+                .views_table
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "_.-".contains(c));
+        if !table_ok {
+            return Err(format!(
+                "views_table: {:?} must be 3 to 200 of A-Z a-z 0-9 _ . -",
+                self.views_table
+            ));
+        }
+        let rules = self.rules();
+        let mut specs: Vec<crate::views::ViewSpec> = Vec::new();
+        for (i, view) in self.views.iter().enumerate() {
+            let spec = view.check(&format!("views[{i}]"))?;
+            if specs.iter().any(|s| s.name == spec.name) {
+                return Err(format!(
+                    "views[{i}].name: another view is named {:?}",
+                    spec.name
+                ));
+            }
+            if spec.from != self.inbound && !rules.streams().contains(&spec.from) {
+                return Err(format!(
+                    "views[{i}].from: no stream {:?} in this configuration (the inbound stream, or one a route, unmatched or dead_letter writes)",
+                    spec.from
+                ));
+            }
+            specs.push(spec);
+        }
+        Ok(specs)
     }
 
     /// The routing rules, compiled.
@@ -854,6 +900,21 @@ mod tests {
                 "[backend]\nkind = \"aws\"\nregoin = \"eu-west-1\"\n",
                 "line 1",
                 "unknown field `regoin`",
+            ),
+            (
+                "[[views]]\nname = \"v\"\nfrom = \"inbound\"\nkind = \"sum\"\n",
+                "line 1",
+                "views[0].field: a sum view needs the field it reads",
+            ),
+            (
+                "[[views]]\nname = \"v\"\nfrom = \"inbound\"\nkind = \"count\"\nwindow = \"7m\"\n",
+                "line 5",
+                "views[0].window: windows must divide a day evenly",
+            ),
+            (
+                "[[views]]\nname = \"v\"\nfrom = \"nowhere\"\nkind = \"count\"\n",
+                "line 3",
+                "views[0].from: no stream \"nowhere\"",
             ),
             (
                 "[live]\nkeep_alive_secs = 15\nbuffer = 2\n",

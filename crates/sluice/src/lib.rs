@@ -18,3 +18,4 @@ pub mod lambda;
 pub mod live;
 pub mod router;
 pub mod server;
+pub mod views;

@@ -171,6 +171,24 @@ enum Command {
         #[arg(long)]
         start: Option<String>,
     },
+    /// Print views: all of them, or one view's latest windows (or keys).
+    Views {
+        /// The view to print; all views' names and kinds without it.
+        name: Option<String>,
+        /// Windows from this RFC 3339 time (default: the latest 60 with data).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long)]
+        to: Option<String>,
+        /// Print the API's JSON answer as it is.
+        #[arg(long)]
+        json: bool,
+        #[arg(long, default_value = "http://127.0.0.1:8080")]
+        url: String,
+        /// Bearer token for a Sluice that requires one.
+        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
+        token: Option<String>,
+    },
     /// Measure a running Sluice.
     #[command(subcommand)]
     Bench(BenchCommand),
@@ -359,6 +377,25 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
                     return Err(e.into());
                 }
             }
+        }
+        Command::Views {
+            name,
+            from,
+            to,
+            json,
+            url,
+            token,
+        } => {
+            let text = sluice::cli::views(
+                &url,
+                name.as_deref(),
+                from.as_deref(),
+                to.as_deref(),
+                json,
+                token.as_deref(),
+            )
+            .await?;
+            print!("{text}");
         }
         Command::Bench(BenchCommand::Live {
             url,

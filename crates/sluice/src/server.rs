@@ -292,12 +292,37 @@ fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
 /// The HTTP routes: collector (sites by write key, servers by bearer
 /// token) and its CORS preflight, the read API (behind the token check when
 /// tokens are set), metrics, health.
-pub fn http_routes(
-    collector: Arc<Collector>,
-    streams: Arc<dyn StreamBackend>,
-    live: Arc<crate::live::Live>,
-    tokens: Tokens,
-) -> Router {
+/// What the read side serves: streams' records, live feeds and views.
+pub struct ReadApi {
+    pub streams: Arc<dyn StreamBackend>,
+    pub live: Arc<crate::live::Live>,
+    pub views: Arc<crate::views::Views>,
+}
+
+impl ReadApi {
+    /// Streams' records and live feeds, without views.
+    pub fn without_views(streams: Arc<dyn StreamBackend>, tables: Arc<dyn TableBackend>) -> Self {
+        Self {
+            live: crate::live::Live::new(streams.clone(), Default::default()),
+            views: Arc::new(crate::views::Views {
+                specs: Vec::new(),
+                tables,
+                table: VIEWS_TABLE.into(),
+            }),
+            streams,
+        }
+    }
+}
+
+/// The table holding every view's cells.
+pub const VIEWS_TABLE: &str = "sluice-views";
+
+pub fn http_routes(collector: Arc<Collector>, read: ReadApi, tokens: Tokens) -> Router {
+    let ReadApi {
+        streams,
+        live,
+        views,
+    } = read;
     let authorize = middleware::from_fn_with_state(
         (collector.clone(), tokens.clone()),
         crate::collector::authorize,
@@ -311,22 +336,36 @@ pub fn http_routes(
                 .options(crate::collector::preflight),
         )
         .route_layer(middleware::from_fn(crate::collector::measure))
-        .with_state(collector);
+        .with_state(collector.clone());
+    let reader = (tokens, collector);
+    let streams_for_views = streams.clone();
     let api_routes = Router::new()
         .route("/v1/streams", get(crate::api::list_streams))
         .route("/v1/streams/{name}/records", get(crate::api::read_records))
         .route_layer(middleware::from_fn_with_state(
-            tokens.clone(),
+            reader.clone(),
             require_token,
         ))
         .with_state(streams);
     let live_routes = Router::new()
         .route("/v1/streams/{name}/live", get(crate::live::subscribe))
-        .route_layer(middleware::from_fn_with_state(tokens, require_token))
+        .route_layer(middleware::from_fn_with_state(
+            reader.clone(),
+            require_token,
+        ))
         .with_state(live);
+    let view_routes = Router::new()
+        .route("/v1/views", get(crate::views::query::list))
+        .route("/v1/views/{name}", get(crate::views::query::read))
+        .route_layer(middleware::from_fn_with_state(reader, require_token))
+        .with_state(Arc::new(crate::views::query::ViewsState {
+            views,
+            streams: streams_for_views,
+        }));
     collector_routes
         .merge(api_routes)
         .merge(live_routes)
+        .merge(view_routes)
         .route(
             "/metrics",
             get(|| async { sluice_telemetry::registry::render_prometheus() }),
@@ -427,8 +466,41 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         None
     };
 
+    let views = Arc::new(crate::views::Views {
+        specs: config
+            .view_specs()
+            .map_err(|e| anyhow::anyhow!(e))?
+            .into_iter()
+            .map(Arc::new)
+            .collect(),
+        tables: store.table.clone(),
+        table: config.views_table.clone(),
+    });
+    // Views are kept wherever the read API runs; on AWS the processes
+    // share each view's shards through its lease table.
+    let view_worker = match &backend {
+        BackendConfig::Local { .. } => "sluice-up".to_owned(),
+        BackendConfig::Aws(_) => process_worker_id(),
+    };
+    let running_views = views
+        .start(
+            streams.clone(),
+            &view_worker,
+            Duration::from_millis(config.router.failover_ms),
+            config.router.retry.clone(),
+        )
+        .await
+        .with_context(|| format!("the views' table {}", config.views_table))?;
     let live = crate::live::Live::new(store.streams.clone(), config.live.clone());
-    let app = http_routes(collector, store.streams.clone(), live.clone(), tokens);
+    let app = http_routes(
+        collector,
+        ReadApi {
+            streams: store.streams.clone(),
+            live: live.clone(),
+            views,
+        },
+        tokens,
+    );
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("listening on {listen}"))?;
@@ -460,6 +532,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     if let Some(router) = router {
         router.stop().await;
     }
+    running_views.stop().await;
     tracing::info!("stopped");
     Ok(())
 }

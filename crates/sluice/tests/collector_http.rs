@@ -43,8 +43,15 @@ async fn serve_on(
     };
     let collector =
         Arc::new(Collector::new(producer, rules, queue_events).with_max_body_bytes(1 << 20));
-    let live = sluice::live::Live::new(streams.clone(), Default::default());
-    let app = sluice::server::http_routes(collector.clone(), streams, live, Tokens::new(tokens));
+    // No views here: the table is there because a read side has one.
+    let tables = Arc::new(
+        sluice_backends::local::LocalTable::open(
+            &tempfile::tempdir().unwrap().keep().join("tables.redb"),
+        )
+        .unwrap(),
+    );
+    let read = sluice::server::ReadApi::without_views(streams, tables);
+    let app = sluice::server::http_routes(collector.clone(), read, Tokens::new(tokens));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(sluice::http::serve(

@@ -78,13 +78,15 @@ async fn serve_with(config_text: &str, limits: HttpLimits) -> Server {
                 RecentEvents::new(Duration::from_secs(c.dedup_window_secs), c.dedup_max_events),
             ),
     );
-    let live = sluice::live::Live::new(streams.clone(), Default::default());
-    let app = sluice::server::http_routes(
-        collector.clone(),
-        streams,
-        live,
-        Tokens::new(vec![TOKEN.into()]),
+    // No views here: the table is there because a read side has one.
+    let tables = Arc::new(
+        sluice_backends::local::LocalTable::open(
+            &tempfile::tempdir().unwrap().keep().join("tables.redb"),
+        )
+        .unwrap(),
     );
+    let read = sluice::server::ReadApi::without_views(streams, tables);
+    let app = sluice::server::http_routes(collector.clone(), read, Tokens::new(vec![TOKEN.into()]));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(sluice::http::serve(

@@ -132,6 +132,10 @@ metrics! {
         "sluice_router_millis_behind_latest"
         "How far the router is behind the tip of the inbound stream, by shard."
         ["shard"];
+    Counter VIEW_RECORDS
+        "sluice_view_records_total"
+        "Records a view's keeper read, by view and outcome: applied, or left out (duplicate, bad_ts, no_field, too_late, not_an_envelope)."
+        ["view", "outcome"];
     Counter ROUTER_BATCHES_RETRIED
         "sluice_router_batches_retried_total"
         "Batches the Lambda router ended with records undelivered, reported in batchItemFailures for Lambda to retry."

@@ -313,6 +313,27 @@ impl TableBackend for AwsTables {
         }
     }
 
+    async fn put_many(
+        &self,
+        table: &str,
+        puts: Vec<(String, Item, Condition)>,
+    ) -> Vec<Result<(), TableError>> {
+        // DynamoDB has no conditional batch write (BatchWriteItem takes no
+        // conditions, TransactWriteItems fails all for one): concurrent
+        // conditional puts, a bounded number at a time.
+        const IN_FLIGHT: usize = 16;
+        let mut out = Vec::with_capacity(puts.len());
+        let mut puts = puts.into_iter().peekable();
+        while puts.peek().is_some() {
+            let chunk: Vec<_> = puts.by_ref().take(IN_FLIGHT).collect();
+            let calls = chunk.into_iter().map(|(key, item, condition)| async move {
+                self.put(table, &key, item, condition).await
+            });
+            out.extend(futures::future::join_all(calls).await);
+        }
+        out
+    }
+
     async fn put(
         &self,
         table: &str,

@@ -200,3 +200,50 @@ pub async fn missing_tables_are_errors(backend: Backend, prefix: &str) {
         Err(TableError::TableNotFound(table.clone()))
     );
 }
+
+pub async fn put_many_checks_each_condition(backend: Backend, prefix: &str) {
+    let table = format!("{prefix}-many");
+    backend.ensure_table(&table).await.unwrap();
+    let item = |n: i64| Item::from([("n".to_owned(), AttrValue::N(n))]);
+    backend
+        .put(&table, "taken", item(1), Condition::Absent)
+        .await
+        .unwrap();
+    let results = backend
+        .put_many(
+            &table,
+            vec![
+                ("fresh".into(), item(2), Condition::Absent),
+                ("taken".into(), item(3), Condition::Absent),
+                (
+                    "taken".into(),
+                    item(4),
+                    Condition::Equals("n".into(), AttrValue::N(1)),
+                ),
+                // Sees the write just before it in the same call.
+                ("fresh".into(), item(5), Condition::Absent),
+            ],
+        )
+        .await;
+    assert_eq!(
+        results,
+        [
+            Ok(()),
+            Err(TableError::ConditionFailed),
+            Ok(()),
+            Err(TableError::ConditionFailed)
+        ]
+    );
+    assert_eq!(backend.get(&table, "fresh").await.unwrap(), Some(item(2)));
+    assert_eq!(backend.get(&table, "taken").await.unwrap(), Some(item(4)));
+    let missing = backend
+        .put_many(
+            "no-such-table",
+            vec![("k".into(), item(1), Condition::Always)],
+        )
+        .await;
+    assert!(
+        matches!(missing[..], [Err(TableError::TableNotFound(_))]),
+        "{missing:?}"
+    );
+}

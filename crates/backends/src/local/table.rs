@@ -211,6 +211,57 @@ impl TableBackend for LocalTable {
         .await
     }
 
+    async fn put_many(
+        &self,
+        table: &str,
+        puts: Vec<(String, Item, Condition)>,
+    ) -> Vec<Result<(), TableError>> {
+        let count = puts.len();
+        let failed = |e: TableError| vec![Err(e); count];
+        if let Err(e) = check_name(table) {
+            return failed(e);
+        }
+        if let Some(e) = puts.iter().find_map(|(key, _, _)| check_key(key).err()) {
+            return failed(e);
+        }
+        let table = table.to_owned();
+        // One transaction, one commit: each item's condition is checked
+        // against what is there, earlier items of the call included.
+        let written = self
+            .blocking(move |db| {
+                let txn = db.begin_write().map_err(storage)?;
+                let mut out = Vec::with_capacity(puts.len());
+                {
+                    if !table_exists(&txn, &table)? {
+                        return Err(TableError::TableNotFound(table.clone()));
+                    }
+                    let mut handle = txn.open_table(definition(&table)).map_err(storage)?;
+                    let now = now_secs();
+                    for (key, item, condition) in puts {
+                        let current = match handle.get(key.as_str()).map_err(storage)? {
+                            Some(bytes) => {
+                                Some(decode(bytes.value())?).filter(|item| !is_expired(item, now))
+                            }
+                            None => None,
+                        };
+                        if condition_holds(&condition, current.as_ref()) {
+                            let bytes = serde_json::to_vec(&item).map_err(storage)?;
+                            handle
+                                .insert(key.as_str(), bytes.as_slice())
+                                .map_err(storage)?;
+                            out.push(Ok(()));
+                        } else {
+                            out.push(Err(TableError::ConditionFailed));
+                        }
+                    }
+                }
+                txn.commit().map_err(storage)?;
+                Ok(out)
+            })
+            .await;
+        written.unwrap_or_else(failed)
+    }
+
     async fn delete(&self, table: &str, key: &str, condition: Condition) -> Result<(), TableError> {
         self.update(table, key, move |current| {
             if condition_holds(&condition, current.as_ref()) {
