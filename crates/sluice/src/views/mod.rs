@@ -62,6 +62,9 @@ impl Views {
                     .with_failover(failover);
             config.backoff = backoff.clone();
             config.idle_poll = Duration::from_millis(50);
+            // Big batches: a batch's markers are one commit, its cells a
+            // write each, so the table's work per event falls as they grow.
+            config.batch_records = 10_000;
             let (spec, tables, table) = (spec.clone(), self.tables.clone(), self.table.clone());
             let factory: Arc<dyn ProcessorFactory> =
                 Arc::new(move |shard: &str| -> Box<dyn RecordProcessor> {
