@@ -12,6 +12,7 @@ pub mod cli;
 pub mod collector;
 pub mod config;
 pub mod consume;
+pub mod dashboard;
 pub mod error;
 pub mod http;
 pub mod lambda;

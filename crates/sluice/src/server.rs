@@ -294,6 +294,8 @@ fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
 /// tokens are set), metrics, health.
 /// What the read side serves: streams' records, live feeds and views.
 pub struct ReadApi {
+    /// The stream the collector writes: the dashboard's live panel follows it.
+    pub inbound: String,
     pub streams: Arc<dyn StreamBackend>,
     pub live: Arc<crate::live::Live>,
     pub views: Arc<crate::views::Views>,
@@ -303,6 +305,7 @@ impl ReadApi {
     /// Streams' records and live feeds, without views.
     pub fn without_views(streams: Arc<dyn StreamBackend>, tables: Arc<dyn TableBackend>) -> Self {
         Self {
+            inbound: "inbound".into(),
             live: crate::live::Live::new(streams.clone(), Default::default()),
             views: Arc::new(crate::views::Views {
                 specs: Vec::new(),
@@ -319,6 +322,7 @@ pub const VIEWS_TABLE: &str = "sluice-views";
 
 pub fn http_routes(collector: Arc<Collector>, read: ReadApi, tokens: Tokens) -> Router {
     let ReadApi {
+        inbound,
         streams,
         live,
         views,
@@ -371,6 +375,17 @@ pub fn http_routes(collector: Arc<Collector>, read: ReadApi, tokens: Tokens) -> 
             get(|| async { sluice_telemetry::registry::render_prometheus() }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/",
+            get(move || {
+                let inbound = inbound.clone();
+                async move { crate::dashboard::page(&inbound) }
+            }),
+        )
+        .route(
+            "/dashboard.js",
+            get(|| async { crate::dashboard::script() }),
+        )
         .route("/sdk/v1/sluice.js", get(crate::collector::tracker::script))
         .route("/sdk/v1/sluice.mjs", get(crate::collector::tracker::module))
         .fallback(crate::error::not_found)
@@ -495,6 +510,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     let app = http_routes(
         collector,
         ReadApi {
+            inbound: config.inbound.clone(),
             streams: store.streams.clone(),
             live: live.clone(),
             views,
@@ -514,6 +530,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
     println!("  {}", store.description);
     println!("  send events:  curl -H 'content-type: application/json' -d '{{\"type\":\"page_view\",\"payload\":{{}}}}' http://{address}/v1/events");
     println!("  read streams: curl http://{address}/v1/streams");
+    println!("  dashboard:    http://{address}/");
     crate::http::serve(
         listener,
         app,
