@@ -146,16 +146,8 @@ fn assert_once(envelopes: &[Value]) {
 async fn wait_for_metric(sluice: &str, series: &str) {
     let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let text = reqwest::get(format!("{sluice}/metrics"))
+        let value = support::process::metric(sluice, series)
             .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let value = text
-            .lines()
-            .find_map(|line| line.strip_prefix(series))
-            .and_then(|rest| rest.trim().parse::<f64>().ok())
             .unwrap_or(0.0);
         if value >= 1.0 {
             return;

@@ -4,6 +4,8 @@
 //! the Kinesis API (kinesalite) with empty pages while records remain, the
 //! read API reads past them and `sluice tail --follow` shares one reader.
 
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -16,6 +18,7 @@ use sluice_backends::fault::{Faults, FaultyStreams};
 use sluice_backends::local::{LocalStreamOptions, LocalStreams};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::StreamBackend;
+use support::process::metric;
 
 async fn serve(
     streams: Arc<dyn StreamBackend>,
@@ -369,27 +372,15 @@ async fn tail_follow_gets_every_record_and_followers_share_one_reader() {
             .unwrap()
     };
     let (first, second) = (tail(), tail());
-    let metric = |series: String| {
-        let url = url.clone();
-        async move {
-            let text = reqwest::get(format!("{url}/metrics"))
-                .await
-                .unwrap()
-                .text()
-                .await
-                .unwrap();
-            text.lines()
-                .find_map(|l| l.strip_prefix(series.as_str())?.trim().parse::<f64>().ok())
-        }
-    };
+
     let subscribers = format!("sluice_live_subscribers{{stream=\"{stream}\"}}");
     let deadline = Instant::now() + Duration::from_secs(30);
-    while metric(subscribers.clone()).await != Some(2.0) {
+    while metric(&url, &subscribers).await != Some(2.0) {
         assert!(Instant::now() < deadline, "the followers never subscribed");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     assert_eq!(
-        metric(format!("sluice_live_readers{{stream=\"{stream}\"}}")).await,
+        metric(&url, &format!("sluice_live_readers{{stream=\"{stream}\"}}")).await,
         Some(1.0),
         "two followers, one reader"
     );

@@ -47,6 +47,7 @@ to = "unrouted"
 "#;
 
 mod support;
+use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
 use support::process::{Sluice, TOKEN};
 
 /// `sluice COMMAND` with the test configuration.
@@ -715,30 +716,10 @@ fn a_bad_config_stops_start_up_with_file_line_and_reason() {
     );
 }
 
-/// Credentials and region for a local API server, through the standard chain.
-const AWS_ENV: [(&str, &str); 4] = [
-    ("AWS_ACCESS_KEY_ID", "test"),
-    ("AWS_SECRET_ACCESS_KEY", "test"),
-    ("AWS_REGION", "us-east-1"),
-    ("AWS_EC2_METADATA_DISABLED", "true"),
-];
-
 fn aws_config(moto: &str, prefix: &str, create_missing: bool) -> String {
-    format!(
-        r#"
-inbound = "{prefix}-inbound"
-[backend]
-kind = "aws"
-kinesis_endpoint = "{moto}"
-dynamodb_endpoint = "{moto}"
-create_missing = {create_missing}
-[streams]
-inbound_shards = 2
-output_shards = 1
-[router]
-checkpoint_table = "{prefix}-checkpoints"
-[collector]
-tokens_env = "E2E_TOKENS"
+    config_on_moto(moto, prefix, create_missing)
+        + &format!(
+            r#"
 [[routes]]
 name = "transactions"
 match = {{ type = ["purchase", "refund"] }}
@@ -747,18 +728,8 @@ to = ["{prefix}-transactions"]
 name = "clicks"
 match = {{ type = [{{ prefix = "page_" }}, "click"] }}
 to = ["{prefix}-clicks"]
-[unmatched]
-to = "{prefix}-unrouted"
-[dead_letter]
-to = "{prefix}-dead-letter"
 "#
-    )
-}
-
-fn moto_endpoint() -> String {
-    std::env::var("SLUICE_TEST_MOTO").unwrap_or_else(|_| {
-        panic!("SLUICE_TEST_MOTO is not set: this test needs a running moto server; run ./scripts/test, which installs and starts it")
-    })
+        )
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -12,7 +12,8 @@ use std::time::Duration;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use support::process::{Sluice, TOKEN};
+use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
+use support::process::{metric, Sluice, TOKEN};
 use support::sse::{Feed, Message};
 
 const CONFIG: &str = r#"
@@ -124,17 +125,6 @@ fn per_user(keys: impl IntoIterator<Item = (String, u64)>) -> BTreeMap<String, V
     out
 }
 
-async fn metric(url: &str, series: &str) -> Option<f64> {
-    let text = reqwest::get(format!("{url}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn records_arrive_in_order_per_key_and_a_resume_gets_each_once() {
     let dir = tempfile::tempdir().unwrap();
@@ -155,39 +145,10 @@ async fn records_arrive_in_order_per_key_and_a_resume_gets_each_once() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_resume_gets_each_record_once_on_kinesis_and_dynamodb_apis() {
-    let moto = std::env::var("SLUICE_TEST_MOTO").unwrap_or_else(|_| {
-        panic!("SLUICE_TEST_MOTO is not set: this test needs a running moto server; run ./scripts/test, which installs and starts it")
-    });
     let prefix = format!("live-{}", std::process::id());
-    let config = format!(
-        r#"
-inbound = "{prefix}-inbound"
-[backend]
-kind = "aws"
-kinesis_endpoint = "{moto}"
-dynamodb_endpoint = "{moto}"
-create_missing = true
-[streams]
-inbound_shards = 2
-output_shards = 1
-[router]
-checkpoint_table = "{prefix}-checkpoints"
-[collector]
-tokens_env = "E2E_TOKENS"
-[unmatched]
-to = "{prefix}-unrouted"
-[dead_letter]
-to = "{prefix}-dead-letter"
-"#
-    );
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
+    let config = config_on_moto(&moto_endpoint(), &prefix, true);
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start_with(dir.path(), "up", &config, &env);
+    let sluice = Sluice::start_with(dir.path(), "up", &config, &AWS_ENV);
     resume_exactly(&sluice.url, &format!("{prefix}-inbound")).await;
 }
 

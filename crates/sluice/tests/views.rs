@@ -11,6 +11,7 @@ use std::time::{Duration, Instant};
 use serde_json::Value;
 
 use sluice_core::sample::{Sample, SampleEvent};
+use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
 use support::process::{Sluice, TOKEN};
 
 const EVENTS: usize = 20_000;
@@ -393,50 +394,24 @@ async fn views_are_exact_through_a_kill_9_while_they_catch_up() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn views_are_exact_on_kinesis_and_dynamodb_apis() {
-    let moto = std::env::var("SLUICE_TEST_MOTO").unwrap_or_else(|_| {
-        panic!("SLUICE_TEST_MOTO is not set: this test needs a running moto server; run ./scripts/test, which installs and starts it")
-    });
     let prefix = format!("views-{}", std::process::id());
     let views = VIEWS
         .replace("{inbound}", &format!("{prefix}-inbound"))
         .replace("{transactions}", &format!("{prefix}-transactions"));
-    let config = format!(
-        r#"
-inbound = "{prefix}-inbound"
-views_table = "{prefix}-views"
-[backend]
-kind = "aws"
-kinesis_endpoint = "{moto}"
-dynamodb_endpoint = "{moto}"
-create_missing = true
-[streams]
-inbound_shards = 2
-output_shards = 1
-[router]
-checkpoint_table = "{prefix}-checkpoints"
-[collector]
-tokens_env = "E2E_TOKENS"
+    let config = config_on_moto(&moto_endpoint(), &prefix, true)
+        + &format!(
+            r#"
 [[routes]]
 name = "transactions"
 match = {{ type = ["purchase", "refund"] }}
 to = ["{prefix}-transactions"]
-[unmatched]
-to = "{prefix}-unrouted"
-[dead_letter]
-to = "{prefix}-dead-letter"
 {views}"#
-    );
-    let env = [
-        ("AWS_ACCESS_KEY_ID", "test"),
-        ("AWS_SECRET_ACCESS_KEY", "test"),
-        ("AWS_REGION", "us-east-1"),
-        ("AWS_EC2_METADATA_DISABLED", "true"),
-    ];
+        );
     // Fewer than on embedded storage: moto answers one request at a time,
     // and every event costs each view a conditional write (its marker).
     let events: Vec<SampleEvent> = events().into_iter().take(1_000).collect();
     let dir = tempfile::tempdir().unwrap();
-    let sluice = Sluice::start_with(dir.path(), "up", &config, &env);
+    let sluice = Sluice::start_with(dir.path(), "up", &config, &AWS_ENV);
     post_all(&sluice.url, &events).await;
     let deadline = Instant::now() + Duration::from_secs(120);
     loop {

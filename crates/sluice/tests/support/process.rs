@@ -95,3 +95,16 @@ impl Drop for Sluice {
         let _ = self.child.wait();
     }
 }
+
+/// The value of one series of a Sluice's `/metrics`, e.g.
+/// `sluice_live_readers{stream="inbound"}`.
+pub async fn metric(url: &str, series: &str) -> Option<f64> {
+    let text = reqwest::get(format!("{url}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+}
