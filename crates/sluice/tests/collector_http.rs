@@ -84,6 +84,24 @@ async fn post(url: &str, body: String, token: Option<&str>) -> reqwest::Response
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn received_counts_every_event_read_good_or_bad() {
+    use sluice_telemetry::metrics;
+    let dir = tempfile::tempdir().unwrap();
+    let streams: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    streams.create_stream("inbound", 1).await.unwrap();
+    let (url, _collector) = serve(streams, 100, vec![]).await;
+    let received = metrics::COLLECTOR_EVENTS_RECEIVED.counter(&[]);
+    let accepted = metrics::COLLECTOR_EVENTS_ACCEPTED.counter(&[]);
+    // Three events, one without a type: refused whole, all three received.
+    let bad = format!("{}{{\"payload\":{{}}}}\n", events(2));
+    assert_eq!(post(&url, bad, None).await.status(), 400);
+    assert_eq!(post(&url, events(2), None).await.status(), 202);
+    assert_eq!(received.get(), 5);
+    assert_eq!(accepted.get(), 2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_and_waiting_requests_complete() {
     let dir = tempfile::tempdir().unwrap();
     let local: Arc<dyn StreamBackend> =

@@ -46,7 +46,7 @@ metrics! {
         ["status"];
     Counter COLLECTOR_EVENTS_RECEIVED
         "sluice_collector_events_received_total"
-        "Events the collector received."
+        "Events the collector received in request bodies it could read, good or bad (a body that is not JSON or NDJSON, or over a limit, is one rejected request, not events)."
         [];
     Counter COLLECTOR_EVENTS_ACCEPTED
         "sluice_collector_events_accepted_total"

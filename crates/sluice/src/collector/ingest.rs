@@ -130,8 +130,11 @@ impl std::fmt::Display for BodyError {
 pub enum Ingested {
     /// Every event is good: the records to write, in order.
     Accepted(Vec<PutRecord>),
-    /// Some events are bad: nothing is written.
-    Rejected(Vec<Rejection>),
+    /// Some events are bad: nothing is written. `received` counts them all.
+    Rejected {
+        rejections: Vec<Rejection>,
+        received: usize,
+    },
 }
 
 #[derive(Deserialize)]
@@ -291,7 +294,8 @@ pub fn ingest_with(
             limit: rules.max_events,
         });
     }
-    let mut records = Vec::with_capacity(events.len());
+    let received = events.len();
+    let mut records = Vec::with_capacity(received);
     let mut rejections = Vec::new();
     for (index, text) in events {
         match build(text, rules, clock, extras) {
@@ -311,7 +315,10 @@ pub fn ingest_with(
     Ok(if rejections.is_empty() {
         Ingested::Accepted(records)
     } else {
-        Ingested::Rejected(rejections)
+        Ingested::Rejected {
+            rejections,
+            received,
+        }
     })
 }
 
@@ -519,14 +526,14 @@ mod tests {
     fn accept(body: &str, format: BodyFormat) -> Vec<PutRecord> {
         match ingest(&Bytes::from(body.to_owned()), format, &rules(), &FixedClock).unwrap() {
             Ingested::Accepted(records) => records,
-            Ingested::Rejected(r) => panic!("rejected: {r:?}"),
+            Ingested::Rejected { rejections: r, .. } => panic!("rejected: {r:?}"),
         }
     }
 
     fn reject(body: &str, format: BodyFormat) -> Vec<Rejection> {
         match ingest(&Bytes::from(body.to_owned()), format, &rules(), &FixedClock).unwrap() {
             Ingested::Accepted(_) => panic!("accepted {body}"),
-            Ingested::Rejected(r) => r,
+            Ingested::Rejected { rejections: r, .. } => r,
         }
     }
 
@@ -702,7 +709,7 @@ mod tests {
         );
         assert!(!matches!(outcome, Ok(Ingested::Accepted(_))));
         let body = Bytes::from_static(b"{\"type\":\"a\xff\"}");
-        let Ingested::Rejected(r) =
+        let Ingested::Rejected { rejections: r, .. } =
             ingest(&body, BodyFormat::Ndjson, &rules(), &FixedClock).unwrap()
         else {
             panic!("accepted invalid UTF-8");
@@ -735,7 +742,7 @@ mod tests {
         for body in [ndjson, array] {
             match ingest(&Bytes::from(body), BodyFormat::Text, &rules(), &FixedClock).unwrap() {
                 Ingested::Accepted(records) => assert_eq!(records.len(), 2, "{body}"),
-                Ingested::Rejected(r) => panic!("{body}: {r:?}"),
+                Ingested::Rejected { rejections: r, .. } => panic!("{body}: {r:?}"),
             }
         }
     }

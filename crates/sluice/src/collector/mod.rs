@@ -343,8 +343,15 @@ pub async fn post_events(
         }
     })?;
     let mut records = match outcome {
-        Ingested::Accepted(records) => records,
-        Ingested::Rejected(rejections) => {
+        Ingested::Accepted(records) => {
+            collector.received.add(records.len() as u64);
+            records
+        }
+        Ingested::Rejected {
+            rejections,
+            received,
+        } => {
+            collector.received.add(received as u64);
             for r in &rejections {
                 reject_reason(if r.status == 413 {
                     "too_large"
@@ -356,7 +363,6 @@ pub async fn post_events(
         }
     };
     let count = records.len();
-    collector.received.add(count as u64);
     if let Some((
         Site {
             limiter: Some(limiter),
