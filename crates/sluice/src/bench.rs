@@ -16,13 +16,23 @@ use futures::StreamExt;
 /// Subscribers that time every event; the others only count.
 const TIMED: usize = 4;
 
+#[derive(clap::Args)]
 pub struct LiveBench {
+    #[arg(long, default_value = "http://127.0.0.1:8080")]
     pub url: String,
+    /// The stream to follow (the collector writes the inbound one).
+    #[arg(long, default_value = "inbound")]
     pub stream: String,
-    /// Events per second.
+    /// Events per second, each posted alone.
+    #[arg(long, default_value_t = 1000)]
     pub rate: u32,
+    #[arg(long, default_value_t = 10)]
     pub seconds: u64,
+    /// Live feed subscribers (the first few time every event; all count).
+    #[arg(long, default_value_t = 1)]
     pub subscribers: usize,
+    /// Bearer token for a Sluice that requires one.
+    #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
 }
 

@@ -203,24 +203,7 @@ enum Command {
 enum BenchCommand {
     /// Post events at a steady rate and time them to a live feed's
     /// subscribers: delivery p50, p99 and max.
-    Live {
-        #[arg(long, default_value = "http://127.0.0.1:8080")]
-        url: String,
-        /// The stream to follow (the collector writes the inbound one).
-        #[arg(long, default_value = "inbound")]
-        stream: String,
-        /// Events per second, each posted alone.
-        #[arg(long, default_value_t = 1000)]
-        rate: u32,
-        #[arg(long, default_value_t = 10)]
-        seconds: u64,
-        /// Live feed subscribers (the first few time every event; all count).
-        #[arg(long, default_value_t = 1)]
-        subscribers: usize,
-        /// Bearer token for a Sluice that requires one.
-        #[arg(long, env = "SLUICE_TOKEN", hide_env_values = true)]
-        token: Option<String>,
-    },
+    Live(sluice::bench::LiveBench),
 }
 
 fn find_config(explicit: Option<PathBuf>) -> Option<PathBuf> {
@@ -397,23 +380,9 @@ async fn run(command: Command) -> anyhow::Result<std::process::ExitCode> {
             .await?;
             print!("{text}");
         }
-        Command::Bench(BenchCommand::Live {
-            url,
-            stream,
-            rate,
-            seconds,
-            subscribers,
-            token,
-        }) => {
-            let report = sluice::bench::live(sluice::bench::LiveBench {
-                url,
-                stream,
-                rate,
-                seconds,
-                subscribers,
-                token,
-            })
-            .await?;
+        Command::Bench(BenchCommand::Live(bench)) => {
+            let (rate, subscribers) = (bench.rate, bench.subscribers);
+            let report = sluice::bench::live(bench).await?;
             println!(
                 "{} events at {rate}/s to {subscribers} subscribers: the fewest delivered to one {}; POST to SSE p50 {:.1} ms, p99 {:.1} ms, max {:.1} ms",
                 report.sent,

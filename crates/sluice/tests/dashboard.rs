@@ -12,7 +12,7 @@ use base64::Engine;
 use serde_json::{json, Value};
 
 use support::cdp::Chromium;
-use support::process::{Sluice, TOKEN};
+use support::process::{post_ndjson, Sluice, TOKEN};
 
 const CONFIG: &str = r#"
 inbound = "inbound"
@@ -36,16 +36,7 @@ window = "1h"
 "#;
 
 async fn post(url: &str, events: &[Value]) {
-    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/events"))
-        .bearer_auth(TOKEN)
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202);
+    post_ndjson(url, events.iter().map(|e| format!("{e}\n")).collect()).await;
 }
 
 async fn view(url: &str) -> Value {

@@ -13,7 +13,7 @@ use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
-use support::process::{metric, Sluice, TOKEN};
+use support::process::{metric, post_ndjson, Sluice, TOKEN};
 use support::sse::{Feed, Message};
 
 const CONFIG: &str = r#"
@@ -57,16 +57,7 @@ fn event(user: usize, n: u64) -> Value {
 
 /// Posts `events` as one NDJSON request; panics unless all are accepted.
 async fn post(url: &str, events: &[Value]) {
-    let body: String = events.iter().map(|e| format!("{e}\n")).collect();
-    let response = reqwest::Client::new()
-        .post(format!("{url}/v1/events"))
-        .header("authorization", format!("Bearer {TOKEN}"))
-        .header("content-type", "application/x-ndjson")
-        .body(body)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+    post_ndjson(url, events.iter().map(|e| format!("{e}\n")).collect()).await;
 }
 
 /// `rounds` events for each of `users` users, numbered from `from`.

@@ -12,7 +12,7 @@ use serde_json::Value;
 
 use sluice_core::sample::{Sample, SampleEvent};
 use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
-use support::process::{Sluice, TOKEN};
+use support::process::{post_ndjson, Sluice, TOKEN};
 
 const EVENTS: usize = 20_000;
 const VIEWS: &str = r#"
@@ -82,18 +82,8 @@ fn events() -> Vec<SampleEvent> {
 }
 
 async fn post_all(url: &str, events: &[SampleEvent]) {
-    let client = reqwest::Client::new();
     for chunk in events.chunks(500) {
-        let body: String = chunk.iter().map(|e| e.to_json() + "\n").collect();
-        let response = client
-            .post(format!("{url}/v1/events"))
-            .bearer_auth(TOKEN)
-            .header("content-type", "application/x-ndjson")
-            .body(body)
-            .send()
-            .await
-            .unwrap();
-        assert_eq!(response.status(), 202, "{:?}", response.text().await);
+        post_ndjson(url, chunk.iter().map(|e| e.to_json() + "\n").collect()).await;
     }
 }
 

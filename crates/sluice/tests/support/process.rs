@@ -108,3 +108,17 @@ pub async fn metric(url: &str, series: &str) -> Option<f64> {
     text.lines()
         .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
 }
+
+/// Posts NDJSON to a Sluice's collector with the test token; panics unless
+/// every event is accepted (202).
+pub async fn post_ndjson(url: &str, body: String) {
+    let response = reqwest::Client::new()
+        .post(format!("{url}/v1/events"))
+        .bearer_auth(TOKEN)
+        .header("content-type", "application/x-ndjson")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 202, "{:?}", response.text().await);
+}
