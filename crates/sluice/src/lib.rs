@@ -14,6 +14,7 @@ pub mod config;
 pub mod consume;
 pub mod dashboard;
 pub mod error;
+pub mod health;
 pub mod http;
 pub mod lambda;
 pub mod live;

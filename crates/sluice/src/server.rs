@@ -10,11 +10,11 @@ use anyhow::{bail, Context};
 use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
-use tokio::sync::watch;
 
 use sluice_backends::aws::AwsSettings;
 use sluice_backends::fault::{Faults, FaultyStreams};
 use sluice_backends::local::{LocalBackend, LocalStreamOptions};
+use sluice_client::consumer::WorkerHandle;
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::router::RouterOptions;
 use sluice_core::{StreamBackend, StreamError, TableBackend, TableError};
@@ -24,6 +24,7 @@ use crate::collector::recent::RecentEvents;
 use crate::collector::sites::Sites;
 use crate::collector::{ingest::IngestRules, post_events, Collector};
 use crate::config::{AwsBackendConfig, BackendConfig, Config, OutputConfig};
+use crate::health::{BackendProbe, Health};
 use crate::http::HttpLimits;
 use crate::router::worker::{RouterWorker, WorkerSettings};
 use crate::router::RouteAndDeliver;
@@ -49,8 +50,7 @@ pub enum BackendKind {
 
 /// The router worker running in this process, with its output producers.
 struct RunningRouter {
-    stop: watch::Sender<bool>,
-    task: tokio::task::JoinHandle<Result<(), String>>,
+    worker: WorkerHandle,
     producers: Vec<Producer>,
 }
 
@@ -94,23 +94,15 @@ impl RunningRouter {
                 backoff: config.router.retry.clone(),
             }),
         };
-        let (stop, stopped) = watch::channel(false);
-        let task = tokio::spawn(worker.run(stopped));
         Ok(Self {
-            stop,
-            task,
+            worker: worker.start().await?,
             producers,
         })
     }
 
     /// Lets every shard reader finish its batch, then drains the outputs.
     async fn stop(self) {
-        let _ = self.stop.send(true);
-        match self.task.await {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => tracing::error!(error = %e, "router stopped with an error"),
-            Err(e) => tracing::error!(error = %e, "router task failed"),
-        }
+        self.worker.shutdown().await;
         for producer in self.producers {
             producer.close().await;
         }
@@ -289,9 +281,6 @@ fn read_tokens(config: &Config) -> anyhow::Result<Vec<String>> {
     Ok(tokens)
 }
 
-/// The HTTP routes: collector (sites by write key, servers by bearer
-/// token) and its CORS preflight, the read API (behind the token check when
-/// tokens are set), metrics, health.
 /// What the read side serves: streams' records, live feeds and views.
 pub struct ReadApi {
     /// The stream the collector writes: the dashboard's live panel follows it.
@@ -320,7 +309,16 @@ impl ReadApi {
 /// The table holding every view's cells.
 pub const VIEWS_TABLE: &str = "sluice-views";
 
-pub fn http_routes(collector: Arc<Collector>, read: ReadApi, tokens: Tokens) -> Router {
+/// The HTTP routes: collector (sites by write key, servers by bearer
+/// token) and its CORS preflight, the read API (behind the token check when
+/// tokens are set), the dashboard and tracker, metrics, liveness and
+/// readiness.
+pub fn http_routes(
+    collector: Arc<Collector>,
+    read: ReadApi,
+    tokens: Tokens,
+    health: Health,
+) -> Router {
     let ReadApi {
         inbound,
         streams,
@@ -375,6 +373,10 @@ pub fn http_routes(collector: Arc<Collector>, read: ReadApi, tokens: Tokens) -> 
             get(|| async { sluice_telemetry::registry::render_prometheus() }),
         )
         .route("/healthz", get(|| async { "ok\n" }))
+        .route(
+            "/readyz",
+            get(crate::health::ready).with_state(Arc::new(health)),
+        )
         .route(
             "/",
             get(move || {
@@ -507,6 +509,19 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
         .await
         .with_context(|| format!("the views' table {}", config.views_table))?;
     let live = crate::live::Live::new(store.streams.clone(), config.live.clone());
+    let mut health = Health::new(collector.clone()).with_backend(
+        BackendProbe::start(
+            streams.clone(),
+            config.inbound.clone(),
+            store.table.clone(),
+            config.router.checkpoint_table.clone(),
+            crate::health::PROBE_EVERY,
+        )
+        .await,
+    );
+    if let Some(router) = &router {
+        health = health.with_router(router.worker.standing());
+    }
     let app = http_routes(
         collector,
         ReadApi {
@@ -516,6 +531,7 @@ pub async fn up(options: UpOptions) -> anyhow::Result<()> {
             views,
         },
         tokens,
+        health,
     );
     let listener = tokio::net::TcpListener::bind(listen)
         .await

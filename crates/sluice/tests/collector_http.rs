@@ -54,7 +54,12 @@ async fn serve_on(
         .unwrap(),
     );
     let read = sluice::server::ReadApi::without_views(streams, tables);
-    let app = sluice::server::http_routes(collector.clone(), read, Tokens::new(tokens));
+    let app = sluice::server::http_routes(
+        collector.clone(),
+        read,
+        Tokens::new(tokens),
+        sluice::health::Health::new(collector.clone()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let url = format!("http://{}", listener.local_addr().unwrap());
     tokio::spawn(sluice::http::serve(
@@ -101,6 +106,15 @@ async fn received_counts_every_event_read_good_or_bad() {
     assert_eq!(accepted.get(), 2);
 }
 
+async fn readyz(url: &str) -> (u16, serde_json::Value) {
+    let answer = reqwest::get(format!("{url}/readyz")).await.unwrap();
+    let status = answer.status().as_u16();
+    (
+        status,
+        serde_json::from_str(&answer.text().await.unwrap()).unwrap(),
+    )
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_full_queue_answers_503_and_waiting_requests_complete() {
     let dir = tempfile::tempdir().unwrap();
@@ -116,6 +130,13 @@ async fn a_full_queue_answers_503_and_waiting_requests_complete() {
         },
     ));
     let (url, collector) = serve(held, 10, Vec::new()).await;
+    assert_eq!(
+        readyz(&url).await,
+        (
+            200,
+            serde_json::json!({"ready": true, "checks": {"collector": "ok"}})
+        )
+    );
 
     // Ten events fill the queue while the stream holds their write back.
     let first = tokio::spawn({
@@ -134,6 +155,13 @@ async fn a_full_queue_answers_503_and_waiting_requests_complete() {
     assert_eq!(refused.status(), 503);
     assert_eq!(refused.headers()["retry-after"], "1");
     assert!(refused.text().await.unwrap().contains("queue is full"));
+    // Not ready while it is full, so a load balancer sends writers elsewhere.
+    let (status, ready) = readyz(&url).await;
+    assert_eq!(status, 503, "{ready}");
+    assert_eq!(ready["ready"], false);
+    let why = ready["checks"]["collector"].as_str().unwrap();
+    assert!(why.contains("queue is full: 10 events wait"), "{ready}");
+    assert_eq!(ready["error"], why);
 
     // Release the stream: the waiting request is acknowledged, and there is room again.
     gate.add_permits(1000);
@@ -141,6 +169,21 @@ async fn a_full_queue_answers_503_and_waiting_requests_complete() {
     assert_eq!(first.status(), 202);
     assert_eq!(first.text().await.unwrap(), r#"{"accepted":10}"#);
     assert_eq!(post(&url, events(1), None).await.status(), 202);
+    // Ready again once a second passed without a refusal.
+    let start = Instant::now();
+    loop {
+        let (status, ready) = readyz(&url).await;
+        if status == 200 {
+            assert_eq!(ready["checks"]["collector"], "ok", "{ready}");
+            break;
+        }
+        assert!(ready["checks"]["collector"]
+            .as_str()
+            .unwrap()
+            .contains("refused events"));
+        assert!(start.elapsed() < Duration::from_secs(10), "{ready}");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
     assert_eq!(
         local.describe_stream("inbound").await.unwrap().record_count,
         Some(11)

@@ -86,7 +86,12 @@ async fn serve_with(config_text: &str, limits: HttpLimits) -> Server {
         .unwrap(),
     );
     let read = sluice::server::ReadApi::without_views(streams, tables);
-    let app = sluice::server::http_routes(collector.clone(), read, Tokens::new(vec![TOKEN.into()]));
+    let app = sluice::server::http_routes(
+        collector.clone(),
+        read,
+        Tokens::new(vec![TOKEN.into()]),
+        sluice::health::Health::new(collector.clone()),
+    );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let address = listener.local_addr().unwrap();
     tokio::spawn(sluice::http::serve(

@@ -686,6 +686,33 @@ async fn the_collector_command_collects_without_routing() {
         "{}",
         up.banner
     );
+    // Ready once the router holds its leases; the collector alone has no
+    // router to wait for.
+    let checks = |url: String| async move {
+        let answer = client().get(format!("{url}/readyz")).send().await.unwrap();
+        let status = answer.status().as_u16();
+        let body: Value = serde_json::from_str(&answer.text().await.unwrap()).unwrap();
+        (status, body["checks"].clone())
+    };
+    wait_for(Duration::from_secs(30), "sluice up to be ready", || {
+        let url = up.url.clone();
+        async move {
+            match checks(url).await {
+                (200, checks) => {
+                    assert_eq!(checks["router"], "ok");
+                    assert_eq!(checks["backend"], "ok");
+                    Ok(())
+                }
+                (status, checks) => Err(format!("{status} {checks}")),
+            }
+        }
+    })
+    .await;
+    let (status, collector_checks) = checks(sluice.url.clone()).await;
+    assert_eq!(
+        (status, collector_checks),
+        (200, serde_json::json!({"backend": "ok", "collector": "ok"}))
+    );
 }
 
 #[test]

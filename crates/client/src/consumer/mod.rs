@@ -31,7 +31,7 @@ use sluice_core::SequenceNumber;
 pub use dedup::Dedup;
 pub use lease::{Checkpoint, Lease, LeaseError, LeaseTable};
 pub use reader::Checkpointer;
-pub use worker::{Worker, WorkerHandle};
+pub use worker::{Standing, Worker, WorkerHandle};
 
 /// Where a new application starts reading a shard that has no checkpoint.
 /// Children of a split or merge always start at their beginning.

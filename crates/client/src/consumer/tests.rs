@@ -473,6 +473,8 @@ async fn a_panicking_processor_is_restarted_from_the_checkpoint_and_odd_rows_are
         },
     )
     .await;
+    // The odd row names no shard of the stream: nothing is left unread.
+    assert_eq!(*a.standing().borrow(), Standing::Serving);
     a.shutdown().await;
     let (listed, bad) = leases.list().await.unwrap();
     assert!(
@@ -619,13 +621,34 @@ async fn a_lease_table_briefly_unreachable_neither_stops_nor_skips() {
         check_complete(&seen, 10, 10)
     })
     .await;
-    // Shorter than the failover time: the worker keeps its leases.
+    assert_eq!(*a.standing().borrow(), Standing::Serving);
+    // Shorter than the failover time: the worker keeps its leases, and says
+    // it is short while the table is out of reach.
     switch.down.store(true, std::sync::atomic::Ordering::SeqCst);
     write(&producer, 10, 10, 10).await;
-    tokio::time::sleep(Duration::from_millis(700)).await;
+    let mut standing = a.standing();
+    let short = tokio::time::timeout(
+        Duration::from_secs(10),
+        standing.wait_for(|s| matches!(s, Standing::Short(_))),
+    )
+    .await
+    .expect("the worker reports the outage")
+    .unwrap()
+    .clone();
+    let Standing::Short(why) = short else {
+        unreachable!()
+    };
+    assert!(why.contains("lease table app"), "{why}");
     switch
         .down
         .store(false, std::sync::atomic::Ordering::SeqCst);
+    tokio::time::timeout(
+        Duration::from_secs(10),
+        standing.wait_for(|s| *s == Standing::Serving),
+    )
+    .await
+    .expect("the worker serves again")
+    .unwrap();
     wait_until(
         Duration::from_secs(30),
         "every record after the outage",
@@ -642,6 +665,73 @@ async fn a_lease_table_briefly_unreachable_neither_stops_nor_skips() {
     assert_eq!(leases.len(), 2);
     let processed = seen.records.lock().unwrap().len();
     assert!(processed >= 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_shard_whose_lease_cannot_be_read_leaves_the_worker_short_until_it_is_fixed() {
+    use sluice_core::table::{AttrValue, Condition, Item};
+    let s = setup(2).await;
+    let seen = Arc::new(Seen::default());
+    let a = Worker::start(
+        s.streams.clone(),
+        s.tables.clone(),
+        config(&s, "a"),
+        factory("a", &seen),
+    );
+    let mut standing = a.standing();
+    let wait = |what: &'static str,
+                standing: &mut tokio::sync::watch::Receiver<Standing>,
+                want: fn(&Standing) -> bool| {
+        let mut standing = standing.clone();
+        async move {
+            tokio::time::timeout(Duration::from_secs(10), standing.wait_for(want))
+                .await
+                .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
+                .unwrap()
+                .clone()
+        }
+    };
+    wait("the worker to serve", &mut standing, |s| {
+        *s == Standing::Serving
+    })
+    .await;
+    assert_eq!(a.held().len(), 2);
+    // Someone overwrites a shard's lease with a row that is no lease.
+    let shard = a.held().into_iter().next().unwrap();
+    let odd: Item = [("leaseCounter".to_owned(), AttrValue::S("many".into()))].into();
+    s.tables
+        .put(&s.app, &shard, odd, Condition::Always)
+        .await
+        .unwrap();
+    let short = wait("the worker to be short", &mut standing, |s| {
+        matches!(s, Standing::Short(_))
+    })
+    .await;
+    let Standing::Short(why) = short else {
+        unreachable!()
+    };
+    assert!(
+        why.contains(&shard) && why.contains("cannot be read"),
+        "{why}"
+    );
+    // Without the row the lease is made again and taken.
+    s.tables
+        .delete(&s.app, &shard, Condition::Always)
+        .await
+        .unwrap();
+    wait_until(
+        Duration::from_secs(10),
+        "the lease to be taken again",
+        || {
+            if a.held().contains(&shard) && *a.standing().borrow() == Standing::Serving {
+                Ok(())
+            } else {
+                Err(format!("{:?}", a.standing().borrow()))
+            }
+        },
+    )
+    .await;
+    a.shutdown().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -78,17 +78,36 @@ pub(crate) struct Shared {
     pub shutdown: watch::Receiver<bool>,
 }
 
+/// Whether a worker does its share of the application's work, as of its
+/// last round of the lease table: what a readiness probe reports.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Standing {
+    /// Not through its first round yet.
+    Starting,
+    /// Holds every lease it should.
+    Serving,
+    /// Why it does not: the lease table or the stream cannot be read, or a
+    /// shard has no live owner and this worker could not take it.
+    Short(String),
+}
+
 /// A running worker.
 pub struct WorkerHandle {
     stop: watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
     held: Arc<Mutex<BTreeSet<String>>>,
+    standing: watch::Receiver<Standing>,
 }
 
 impl WorkerHandle {
     /// The shards whose leases this worker holds now.
     pub fn held(&self) -> BTreeSet<String> {
         self.held.lock().expect("held lock").clone()
+    }
+
+    /// Follows the worker's [`Standing`], updated every round.
+    pub fn standing(&self) -> watch::Receiver<Standing> {
+        self.standing.clone()
     }
 
     /// Stops gracefully: processors get `shutdown_requested`, checkpoints
@@ -117,14 +136,20 @@ impl Worker {
     ) -> WorkerHandle {
         let (stop, shutdown) = watch::channel(false);
         let held = Arc::new(Mutex::new(BTreeSet::new()));
+        let (standing_tx, standing) = watch::channel(Standing::Starting);
         let shared = Arc::new(Shared {
             leases: LeaseTable::new(tables, &config.application),
             config,
             streams,
             shutdown,
         });
-        let task = tokio::spawn(run(shared, factory, held.clone()));
-        WorkerHandle { stop, task, held }
+        let task = tokio::spawn(run(shared, factory, held.clone(), standing_tx));
+        WorkerHandle {
+            stop,
+            task,
+            held,
+            standing,
+        }
     }
 }
 
@@ -137,6 +162,8 @@ struct State {
     observed: HashMap<String, (i64, Instant)>,
     /// Bad rows already reported, so each is logged once.
     reported: BTreeSet<String>,
+    /// The stream's shards as last listed.
+    shards: BTreeSet<String>,
     readers: JoinSet<(String, ReadOutcome)>,
     /// The shard of each reader task, to name it if it panics.
     reader_shards: HashMap<tokio::task::Id, String>,
@@ -147,6 +174,7 @@ async fn run(
     shared: Arc<Shared>,
     factory: Arc<dyn ProcessorFactory>,
     published: Arc<Mutex<BTreeSet<String>>>,
+    standing: watch::Sender<Standing>,
 ) {
     let mut state = State {
         shared: shared.clone(),
@@ -154,6 +182,7 @@ async fn run(
         held: HashMap::new(),
         observed: HashMap::new(),
         reported: BTreeSet::new(),
+        shards: BTreeSet::new(),
         readers: JoinSet::new(),
         reader_shards: HashMap::new(),
         published,
@@ -161,17 +190,31 @@ async fn run(
     let mut shutdown = shared.shutdown.clone();
     let mut announced = false;
     while !*shutdown.borrow() {
-        if let Err(e) = shared.leases.ensure().await {
+        let now = if let Err(e) = shared.leases.ensure().await {
             tracing::warn!(table = %shared.leases.table, error = %e, "lease table not reachable; retrying");
+            Standing::Short(format!(
+                "the lease table {} is not reachable: {e}",
+                shared.leases.table
+            ))
         } else {
             if !announced {
                 tracing::info!(worker = %shared.config.worker_id, application = %shared.config.application, stream = %shared.config.stream, "worker started");
                 announced = true;
             }
             state.renew().await;
-            state.sync_shards().await;
-            state.balance().await;
-        }
+            match state.sync_shards().await {
+                Err(problem) => Standing::Short(problem),
+                Ok(()) => state
+                    .balance()
+                    .await
+                    .map_or(Standing::Serving, Standing::Short),
+            }
+        };
+        standing.send_if_modified(|was| {
+            let changed = *was != now;
+            *was = now;
+            changed
+        });
         tokio::select! {
             _ = tokio::time::sleep(shared.config.renewal) => {}
             _ = shutdown.changed() => {}
@@ -231,14 +274,18 @@ impl State {
         self.publish();
     }
 
-    /// Creates a lease for every shard that has none.
-    async fn sync_shards(&mut self) {
+    /// Creates a lease for every shard that has none; the problem if the
+    /// stream or the lease table cannot be read.
+    async fn sync_shards(&mut self) -> Result<(), String> {
         let config = &self.shared.config;
         let shards = match self.shared.streams.list_shards(&config.stream).await {
             Ok(shards) => shards,
             Err(e) => {
                 tracing::warn!(stream = %config.stream, error = %e, "could not list shards");
-                return;
+                return Err(format!(
+                    "the shards of {} cannot be listed: {e}",
+                    config.stream
+                ));
             }
         };
         let known: BTreeSet<String> = match self.shared.leases.list().await {
@@ -249,9 +296,10 @@ impl State {
                 .collect(),
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the lease table");
-                return;
+                return Err(self.unreadable(&e));
             }
         };
+        self.shards = shards.iter().map(|s| s.shard_id.clone()).collect();
         for shard in &shards {
             if known.contains(&shard.shard_id) {
                 continue;
@@ -280,23 +328,43 @@ impl State {
                 }
             }
         }
+        Ok(())
+    }
+
+    fn unreadable(&self, e: &impl std::fmt::Display) -> String {
+        format!(
+            "the lease table {} cannot be read: {e}",
+            self.shared.leases.table
+        )
     }
 
     /// Takes expired leases up to a fair share, or steals one when none is
-    /// expired and another worker holds more than its share.
-    async fn balance(&mut self) {
+    /// expired and another worker holds more than its share. What keeps a
+    /// shard from being read, if anything: a lease row that cannot be read,
+    /// or a free lease this worker could not take while below its share.
+    async fn balance(&mut self) -> Option<String> {
         let me = self.shared.config.worker_id.clone();
         let (leases, bad) = match self.shared.leases.list().await {
             Ok(listed) => listed,
             Err(e) => {
                 tracing::warn!(error = %e, "could not read the lease table");
-                return;
+                return Some(self.unreadable(&e));
             }
         };
+        let mut problem = None;
         for b in bad {
             if self.reported.insert(b.shard.clone()) {
                 tracing::error!(shard = %b.shard, problem = %b.problem, "lease row cannot be read; the shard is left alone until it is fixed");
             }
+            if !self.shards.contains(&b.shard) {
+                continue;
+            }
+            problem.get_or_insert_with(|| {
+                format!(
+                    "the lease of shard {} cannot be read ({}); the shard is not read until the row is fixed",
+                    b.shard, b.problem
+                )
+            });
         }
         let now = Instant::now();
         let failover = self.shared.config.failover;
@@ -328,17 +396,28 @@ impl State {
         let workers = load.len() + 1;
         let target = active.div_ceil(workers);
         if mine >= target {
-            return;
+            return problem;
         }
         expired.shuffle(&mut rand::thread_rng());
         let mut wanted = target - mine;
+        let mut failed = None;
         for lease in expired {
             if wanted == 0 {
                 break;
             }
-            if self.take(lease, false).await {
-                wanted -= 1;
+            match self.take(lease, false).await {
+                Ok(true) => wanted -= 1,
+                Ok(false) => {}
+                Err(e) => failed = Some(e),
             }
+        }
+        if let (Some(e), true) = (failed, wanted > 0) {
+            problem.get_or_insert_with(|| {
+                format!(
+                    "shards have no live owner and this worker, holding {} of its share of {target}, could not take them: {e}",
+                    target - wanted
+                )
+            });
         }
         if wanted == target - mine {
             // Nothing was free: steal one from the most loaded worker, if it
@@ -353,13 +432,14 @@ impl State {
                 });
             if let Some((owner, lease)) = victim {
                 tracing::info!(shard = %lease.shard_id, from = %owner, "stealing a lease to even out the load");
-                self.take(lease, true).await;
+                let _ = self.take(lease, true).await;
             }
         }
+        problem
     }
 
     /// Takes a lease as last seen; false if someone changed it first.
-    async fn take(&mut self, lease: Lease, stolen: bool) -> bool {
+    async fn take(&mut self, lease: Lease, stolen: bool) -> Result<bool, LeaseError> {
         let mut next = lease.clone();
         next.owner = Some(self.shared.config.worker_id.clone());
         next.counter = lease.counter + 1;
@@ -382,12 +462,12 @@ impl State {
                     .spawn(async move { (shard, reader.run().await) });
                 self.reader_shards.insert(task.id(), next.shard_id.clone());
                 self.publish();
-                true
+                Ok(true)
             }
-            Err(LeaseError::Lost(_)) => false,
+            Err(LeaseError::Lost(_)) => Ok(false),
             Err(e) => {
                 tracing::warn!(shard = %next.shard_id, error = %e, "could not take the lease");
-                false
+                Err(e)
             }
         }
     }

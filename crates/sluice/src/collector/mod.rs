@@ -37,6 +37,10 @@ pub struct Collector {
     pub rules: IngestRules,
     /// Bounds the events waiting for the stream across all requests.
     pub queue: Arc<Semaphore>,
+    /// The queue's places (`collector.queue_events`).
+    queue_events: usize,
+    /// When a request last found the queue full.
+    last_full: std::sync::Mutex<Option<Instant>>,
     /// Largest request body, compressed or not (`collector.max_body_bytes`).
     pub max_body_bytes: usize,
     /// Websites, by write key.
@@ -57,6 +61,8 @@ impl Collector {
             producer,
             rules,
             queue: Arc::new(Semaphore::new(queue_events)),
+            queue_events,
+            last_full: std::sync::Mutex::new(None),
             max_body_bytes: 8 * 1024 * 1024,
             sites: Sites::default(),
             recent: RecentEvents::new(Duration::ZERO, 0),
@@ -73,6 +79,31 @@ impl Collector {
         self.sites = sites;
         self.recent = recent;
         self
+    }
+
+    /// Why the collector cannot take events now, if it cannot: its queue
+    /// is full, or was when a request came within the last second.
+    pub fn queue_problem(&self) -> Option<String> {
+        let free = self.queue.available_permits();
+        let waiting = self.queue_events - free.min(self.queue_events);
+        let since_full = self
+            .last_full
+            .lock()
+            .expect("queue time lock")
+            .map(|at| at.elapsed());
+        if free == 0 {
+            Some(format!(
+                "the collector's queue is full: {waiting} events wait for the stream"
+            ))
+        } else if let Some(ago) = since_full.filter(|ago| *ago < Duration::from_secs(1)) {
+            Some(format!(
+                "the collector's queue refused events {} ms ago; {waiting} of {} places are taken",
+                ago.as_millis(),
+                self.queue_events
+            ))
+        } else {
+            None
+        }
     }
 
     pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
@@ -413,6 +444,7 @@ pub async fn post_events(
         .clone()
         .try_acquire_many_owned(to_write as u32)
     else {
+        *collector.last_full.lock().expect("queue time lock") = Some(Instant::now());
         reject_reason("queue_full");
         return Err(AppError::Unavailable {
             reason: "the collector's queue is full; retry shortly".into(),

@@ -14,13 +14,13 @@ use async_trait::async_trait;
 use tokio::sync::watch;
 
 use sluice_client::consumer::{
-    Batch, Checkpoint, Checkpointer, ConsumerConfig, Lease, LeaseTable, ProcessError,
-    ProcessorFactory, RecordProcessor, Worker,
+    Batch, Checkpoint, Checkpointer, ConsumerConfig, Lease, LeaseError, LeaseTable, ProcessError,
+    ProcessorFactory, RecordProcessor, Worker, WorkerHandle,
 };
 use sluice_core::retry::Backoff;
 use sluice_core::stream::Record;
 use sluice_core::table::{AttrValue, Condition};
-use sluice_core::{SequenceNumber, StreamBackend, TableBackend};
+use sluice_core::{SequenceNumber, StreamBackend, TableBackend, TableError};
 use sluice_telemetry::metrics;
 
 use super::RouteAndDeliver;
@@ -82,15 +82,37 @@ impl RecordProcessor for RouterProcessor {
     }
 }
 
+/// Why the router could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RouterError {
+    #[error("checkpoint table {table}: {source}")]
+    Table {
+        table: String,
+        #[source]
+        source: TableError,
+    },
+    #[error("checkpoint table {table}: carrying over the checkpoint of {shard}: {source}")]
+    Migration {
+        table: String,
+        shard: String,
+        #[source]
+        source: LeaseError,
+    },
+}
+
 impl RouterWorker {
-    /// Runs until `shutdown` turns true; shard readers finish their batch
-    /// (delivered and checkpointed, or left for the next start).
-    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), String> {
+    /// Starts the router's consumer worker: the lease table made and
+    /// earlier versions' checkpoints carried over first.
+    pub async fn start(self) -> Result<WorkerHandle, RouterError> {
         let settings = &self.settings;
+        let table_error = |source| RouterError::Table {
+            table: settings.checkpoint_table.clone(),
+            source,
+        };
         self.table
             .ensure_table(&settings.checkpoint_table)
             .await
-            .map_err(|e| format!("checkpoint table {}: {e}", settings.checkpoint_table))?;
+            .map_err(table_error)?;
         migrate_checkpoints(self.table.clone(), settings).await?;
         let mut config = ConsumerConfig::new(
             &settings.checkpoint_table,
@@ -108,7 +130,18 @@ impl RouterWorker {
                     deliver: deliver.clone(),
                 })
             });
-        let worker = Worker::start(self.streams.clone(), self.table.clone(), config, factory);
+        Ok(Worker::start(
+            self.streams.clone(),
+            self.table.clone(),
+            config,
+            factory,
+        ))
+    }
+
+    /// Runs until `shutdown` turns true; shard readers finish their batch
+    /// (delivered and checkpointed, or left for the next start).
+    pub async fn run(self, mut shutdown: watch::Receiver<bool>) -> Result<(), RouterError> {
+        let worker = self.start().await?;
         while !*shutdown.borrow() {
             if shutdown.changed().await.is_err() {
                 break;
@@ -124,12 +157,21 @@ impl RouterWorker {
 async fn migrate_checkpoints(
     table: Arc<dyn TableBackend>,
     settings: &WorkerSettings,
-) -> Result<(), String> {
+) -> Result<(), RouterError> {
     let prefix = format!("{}/", settings.inbound);
+    let name = &settings.checkpoint_table;
     let rows = table
-        .scan(&settings.checkpoint_table)
+        .scan(name)
         .await
-        .map_err(|e| format!("checkpoint table {}: {e}", settings.checkpoint_table))?;
+        .map_err(|source| RouterError::Table {
+            table: name.clone(),
+            source,
+        })?;
+    let migration = |shard: &str, source| RouterError::Migration {
+        table: name.clone(),
+        shard: shard.to_owned(),
+        source,
+    };
     let leases = LeaseTable::new(table.clone(), &settings.checkpoint_table);
     for (key, item) in rows {
         let Some(shard) = key.strip_prefix(&prefix) else {
@@ -147,11 +189,14 @@ async fn migrate_checkpoints(
             None => continue,
         };
         let lease = Lease::new(shard, Vec::new(), checkpoint);
-        leases.create(&lease).await.map_err(|e| e.to_string())?;
-        table
-            .delete(&settings.checkpoint_table, &key, Condition::Always)
+        leases
+            .create(&lease)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| migration(shard, e.into()))?;
+        table
+            .delete(name, &key, Condition::Always)
+            .await
+            .map_err(|e| migration(shard, e.into()))?;
         tracing::info!(shard = %shard, "checkpoint of an earlier version carried over");
     }
     Ok(())

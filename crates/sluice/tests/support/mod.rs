@@ -5,4 +5,5 @@
 pub mod aws;
 pub mod cdp;
 pub mod process;
+pub mod proxy;
 pub mod sse;
