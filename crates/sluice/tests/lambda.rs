@@ -3,6 +3,8 @@
 //! and KPL-aggregated records, several shards), writing to the moto server
 //! that ./scripts/test starts.
 
+mod support;
+
 use std::collections::BTreeMap;
 use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
@@ -482,6 +484,53 @@ async fn the_dynatrace_token_comes_from_secrets_manager_with_every_export() {
         seen.iter().all(|a| a == "Api-Token dt0c01.ABC.DEF"),
         "{seen:?}"
     );
+}
+
+/// The drill of the Lambda router's alert (see tests/drills.rs): a function
+/// whose output stream is missing reports failed batches all through a run
+/// and the alert opens; with the stream there, the same run is quiet.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn drill_a_missing_output_stream_opens_the_lambda_errors_alert_and_a_clean_run_does_not() {
+    use support::alerts::{alert, otlp_receiver, SAMPLE, SAMPLES};
+    let errors = alert("sluice-router-lambda-errors");
+    for missing in [true, false] {
+        let prefix = format!("lambda-drill-{missing}-{}", std::process::id());
+        let streams: Arc<dyn StreamBackend> = Arc::new(kinesis(&moto()));
+        let mut outputs = vec!["transactions", "clicks", "unrouted", "dead"];
+        if !missing {
+            outputs.push("missing");
+        }
+        create(&streams, &prefix, &outputs).await;
+        let (endpoint, received) = otlp_receiver(false).await;
+        let function = start_with(
+            &rules(&prefix, ""),
+            500,
+            &[("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str())],
+        )
+        .await;
+        let start = std::time::Instant::now();
+        let mut sequence = 0;
+        while start.elapsed() < SAMPLE * SAMPLES as u32 {
+            sequence += 1;
+            let records = [record(
+                "shardId-000000000000",
+                sequence,
+                "k-1",
+                &envelope("ghost", &format!("g-{sequence}")),
+            )];
+            let failures = invoke(&function, event(&records), Duration::from_secs(10)).await;
+            assert_eq!(failures.is_empty(), !missing, "{failures:?}");
+            // A Kinesis trigger's pace: a batch every 100 ms or so.
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Metrics leave before the answer: the last invocation's are in.
+        let series = errors.series(&received.lock().unwrap(), start, SAMPLE, SAMPLES);
+        assert_eq!(
+            errors.fired(&series).is_some(),
+            missing,
+            "missing output: {missing}; samples {series:?}"
+        );
+    }
 }
 
 #[test]

@@ -2,6 +2,7 @@
 //! Chromium over the DevTools protocol.
 #![allow(dead_code)]
 
+pub mod alerts;
 pub mod aws;
 pub mod cdp;
 pub mod process;
