@@ -16,9 +16,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use support::alerts::{
-    alert, alerts, otlp_receiver, percentile, Received, Series, SAMPLE, SAMPLES,
-};
+use support::alerts::{alert, alerts, percentile, Series, SAMPLE, SAMPLES};
+use support::otlp::{receiver, Exports};
 use support::process::{Sluice, TOKEN};
 
 const KEY: &str = "wk_drill_shop";
@@ -126,14 +125,14 @@ async fn write(url: &str, writers: Writers, until: Instant) -> BTreeMap<u16, u64
 
 /// What a run exported, and what its writers were answered.
 struct Run {
-    received: Received,
+    exports: Exports,
     start: Instant,
     statuses: BTreeMap<u16, u64>,
 }
 
 impl Run {
     fn series(&self, id: &str) -> Series {
-        let received = self.received.lock().unwrap().clone();
+        let received = self.exports.metrics.lock().unwrap();
         alert(id).series(&received, self.start, SAMPLE, SAMPLES)
     }
 
@@ -159,9 +158,15 @@ fn telemetry_env(endpoint: &str) -> Vec<(&'static str, String)> {
 }
 
 /// Waits until an export arrived after `after`: the run's last sample is in.
-async fn wait_for_export_after(received: &Received, after: Instant) {
+async fn wait_for_export_after(exports: &Exports, after: Instant) {
     let limit = Instant::now() + Duration::from_secs(20);
-    while !received.lock().unwrap().iter().any(|(at, _)| *at > after) {
+    while !exports
+        .metrics
+        .lock()
+        .unwrap()
+        .iter()
+        .any(|(at, _)| *at > after)
+    {
         assert!(Instant::now() < limit, "no OTLP export after the run");
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
@@ -170,7 +175,7 @@ async fn wait_for_export_after(received: &Received, after: Instant) {
 /// Runs `sluice up` with `config_text`, ready before the clock starts, with
 /// `writers` for [`SAMPLES`] samples.
 async fn run(dir: &Path, config_text: &str, refuse_traces: bool, writers: &[Writers]) -> Run {
-    let (endpoint, received) = otlp_receiver(refuse_traces).await;
+    let (endpoint, exports) = receiver(refuse_traces).await;
     let env = telemetry_env(&endpoint);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let mut sluice = Sluice::start_with(dir, "up", config_text, &env);
@@ -191,10 +196,10 @@ async fn run(dir: &Path, config_text: &str, refuse_traces: bool, writers: &[Writ
             *statuses.entry(status).or_insert(0) += n;
         }
     }
-    wait_for_export_after(&received, until).await;
+    wait_for_export_after(&exports, until).await;
     sluice.stop();
     Run {
-        received,
+        exports,
         start,
         statuses,
     }
@@ -373,7 +378,7 @@ async fn drill_a_router_a_minute_behind_opens_the_lag_alerts() {
     // The fault is time itself: the records must be a minute old.
     tokio::time::sleep_until((written + Duration::from_secs(62)).into()).await;
 
-    let (endpoint, received) = otlp_receiver(false).await;
+    let (endpoint, exports) = receiver(false).await;
     let env = telemetry_env(&endpoint);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let slow =
@@ -381,10 +386,10 @@ async fn drill_a_router_a_minute_behind_opens_the_lag_alerts() {
     let start = Instant::now();
     let mut sluice = Sluice::start_with(dir.path(), "up", &config("", slow), &env);
     let until = start + SAMPLE * SAMPLES as u32;
-    wait_for_export_after(&received, until).await;
+    wait_for_export_after(&exports, until).await;
     sluice.stop();
     let run = Run {
-        received,
+        exports,
         start,
         statuses: BTreeMap::new(),
     };

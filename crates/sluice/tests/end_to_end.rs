@@ -48,6 +48,7 @@ to = "unrouted"
 
 mod support;
 use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
+use support::otlp::{receiver, Exports, MetricsRequest};
 use support::process::{Sluice, TOKEN};
 
 /// `sluice COMMAND` with the test configuration.
@@ -1166,41 +1167,10 @@ async fn faults_lose_nothing(sluice: &Sluice, dir: &Path, inbound: &str, clicks:
     assert!(failed > 0, "the faults were really injected: {metrics}");
 }
 
-type Received<T> = Arc<std::sync::Mutex<Vec<T>>>;
-type MetricsRequest =
-    opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
-type TraceRequest = opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceRequest;
-
-/// An OTLP/HTTP receiver: every metrics and trace request, decoded.
-async fn otlp_receiver() -> (String, Received<MetricsRequest>, Received<TraceRequest>) {
-    /// Decodes each request posted into `sink`.
-    fn collect<T: prost::Message + Default + Send + 'static>(
-        sink: Received<T>,
-    ) -> axum::routing::MethodRouter {
-        axum::routing::post(move |body: axum::body::Bytes| {
-            let sink = sink.clone();
-            async move {
-                let request = T::decode(body).expect("an OTLP request");
-                sink.lock().unwrap().push(request);
-                axum::http::StatusCode::OK
-            }
-        })
-    }
-    let metrics: Received<MetricsRequest> = Arc::default();
-    let traces: Received<TraceRequest> = Arc::default();
-    let app = axum::Router::new()
-        .route("/v1/metrics", collect(metrics.clone()))
-        .route("/v1/traces", collect(traces.clone()));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), metrics, traces)
-}
-
 /// Spans received: (service, span name, trace id in hex).
-fn spans(traces: &Received<TraceRequest>) -> Vec<(String, String, String)> {
+fn spans(exports: &Exports) -> Vec<(String, String, String)> {
     let mut out = Vec::new();
-    for request in traces.lock().unwrap().iter() {
+    for request in exports.traces.lock().unwrap().iter() {
         for resource in &request.resource_spans {
             let service = resource
                 .resource
@@ -1222,7 +1192,7 @@ fn spans(traces: &Received<TraceRequest>) -> Vec<(String, String, String)> {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_event_is_followed_from_the_page_to_collector_router_and_consumer_in_one_trace() {
-    let (endpoint, _, traces) = otlp_receiver().await;
+    let (endpoint, traces) = receiver(false).await;
     let moto = moto_endpoint();
     let prefix = format!("trace-{}", std::process::id());
     let dir = tempfile::tempdir().unwrap();
@@ -1331,7 +1301,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
     use opentelemetry_proto::tonic::metrics::v1::{
         metric::Data, number_data_point::Value as Point, AggregationTemporality,
     };
-    let (endpoint, received, _) = otlp_receiver().await;
+    let (endpoint, received) = receiver(false).await;
     let dir = tempfile::tempdir().unwrap();
     let sluice = Sluice::start_with(
         dir.path(),
@@ -1354,7 +1324,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
         Duration::from_secs(30),
         "5 accepted events in OTLP deltas",
         || {
-            let requests = received.lock().unwrap().clone();
+            let requests = received.metrics_requests();
             async move {
                 let mut total = 0;
                 for metric in metrics_named(&requests, "sluice_collector_events_accepted_total") {
@@ -1379,7 +1349,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
         },
     )
     .await;
-    let requests = received.lock().unwrap().clone();
+    let requests = received.metrics_requests();
     let resource = requests[0].resource_metrics[0].resource.clone().unwrap();
     let attribute = |key: &str| {
         resource
@@ -1411,7 +1381,7 @@ async fn metrics_go_out_with_otlp_as_deltas_and_on_the_prometheus_endpoint() {
         Duration::from_secs(30),
         "the request and PutRecords histograms in OTLP",
         || {
-            let requests = received.lock().unwrap().clone();
+            let requests = received.metrics_requests();
             async move {
                 let count = |name: &str, label: Option<(&str, &str)>| -> Result<u64, String> {
                     let mut total = 0;

@@ -422,31 +422,10 @@ async fn create_secret(name: &str, value: &str) {
     );
 }
 
-/// An OTLP/HTTP receiver that keeps the `Authorization` header of every
-/// export it receives.
-async fn otlp_receiver() -> (String, Arc<std::sync::Mutex<Vec<String>>>) {
-    let seen = Arc::new(std::sync::Mutex::new(Vec::new()));
-    let kept = seen.clone();
-    let app = axum::Router::new().fallback(move |headers: axum::http::HeaderMap| {
-        let kept = kept.clone();
-        async move {
-            let authorization = headers
-                .get("authorization")
-                .map(|v| v.to_str().unwrap_or("?").to_owned())
-                .unwrap_or_default();
-            kept.lock().unwrap().push(authorization);
-            ""
-        }
-    });
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let endpoint = format!("http://{}", listener.local_addr().unwrap());
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (endpoint, seen)
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_dynatrace_token_comes_from_secrets_manager_with_every_export() {
-    let (endpoint, seen) = otlp_receiver().await;
+    let (endpoint, exports) = support::otlp::receiver(false).await;
+    let seen = exports.authorizations;
     let (prefix, _) = streams_for("token").await;
     let secret = format!("{prefix}-dynatrace-token");
     create_secret(&secret, "dt0c01.ABC.DEF").await;
@@ -491,7 +470,7 @@ async fn the_dynatrace_token_comes_from_secrets_manager_with_every_export() {
 /// and the alert opens; with the stream there, the same run is quiet.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drill_a_missing_output_stream_opens_the_lambda_errors_alert_and_a_clean_run_does_not() {
-    use support::alerts::{alert, otlp_receiver, SAMPLE, SAMPLES};
+    use support::alerts::{alert, SAMPLE, SAMPLES};
     let errors = alert("sluice-router-lambda-errors");
     for missing in [true, false] {
         let prefix = format!("lambda-drill-{missing}-{}", std::process::id());
@@ -501,7 +480,7 @@ async fn drill_a_missing_output_stream_opens_the_lambda_errors_alert_and_a_clean
             outputs.push("missing");
         }
         create(&streams, &prefix, &outputs).await;
-        let (endpoint, received) = otlp_receiver(false).await;
+        let (endpoint, exports) = support::otlp::receiver(false).await;
         let function = start_with(
             &rules(&prefix, ""),
             500,
@@ -524,7 +503,7 @@ async fn drill_a_missing_output_stream_opens_the_lambda_errors_alert_and_a_clean
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         // Metrics leave before the answer: the last invocation's are in.
-        let series = errors.series(&received.lock().unwrap(), start, SAMPLE, SAMPLES);
+        let series = errors.series(&exports.metrics.lock().unwrap(), start, SAMPLE, SAMPLES);
         assert_eq!(
             errors.fired(&series).is_some(),
             missing,

@@ -12,7 +12,6 @@
 //! sample what would open the event in a minute.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
@@ -325,43 +324,4 @@ fn data_points(data: Option<&Data>) -> Vec<(&[KeyValue], Point)> {
             .collect(),
         _ => Vec::new(),
     }
-}
-
-/// Metrics requests as they arrived.
-pub type Received = Arc<Mutex<Vec<(Instant, ExportMetricsServiceRequest)>>>;
-
-/// An OTLP/HTTP receiver keeping every metrics request with the time it
-/// arrived. With `refuse_traces`, span exports are answered 503, as an
-/// endpoint that is down or over its quota would.
-pub async fn otlp_receiver(refuse_traces: bool) -> (String, Received) {
-    use prost::Message;
-    let received: Received = Arc::default();
-    let sink = received.clone();
-    let app = axum::Router::new()
-        .route(
-            "/v1/metrics",
-            axum::routing::post(move |body: axum::body::Bytes| {
-                let sink = sink.clone();
-                async move {
-                    let request =
-                        ExportMetricsServiceRequest::decode(body).expect("an OTLP request");
-                    sink.lock().unwrap().push((Instant::now(), request));
-                    axum::http::StatusCode::OK
-                }
-            }),
-        )
-        .route(
-            "/v1/traces",
-            axum::routing::post(move || async move {
-                if refuse_traces {
-                    axum::http::StatusCode::SERVICE_UNAVAILABLE
-                } else {
-                    axum::http::StatusCode::OK
-                }
-            }),
-        );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let address = listener.local_addr().unwrap();
-    tokio::spawn(async move { axum::serve(listener, app).await.unwrap() });
-    (format!("http://{address}"), received)
 }

@@ -5,6 +5,7 @@
 pub mod alerts;
 pub mod aws;
 pub mod cdp;
+pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod sse;
