@@ -19,6 +19,7 @@ use sluice_backends::local::{LocalStreamOptions, LocalStreams};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::StreamBackend;
 use support::process::metric;
+use support::wait::wait_for;
 
 async fn serve(
     streams: Arc<dyn StreamBackend>,
@@ -170,20 +171,20 @@ async fn a_full_queue_answers_503_and_waiting_requests_complete() {
     assert_eq!(first.text().await.unwrap(), r#"{"accepted":10}"#);
     assert_eq!(post(&url, events(1), None).await.status(), 202);
     // Ready again once a second passed without a refusal.
-    let start = Instant::now();
-    loop {
-        let (status, ready) = readyz(&url).await;
-        if status == 200 {
-            assert_eq!(ready["checks"]["collector"], "ok", "{ready}");
-            break;
+    wait_for(Duration::from_secs(10), "ready again", || async {
+        match readyz(&url).await {
+            (200, ready) => {
+                assert_eq!(ready["checks"]["collector"], "ok", "{ready}");
+                Ok(())
+            }
+            (_, ready) => {
+                let why = ready["checks"]["collector"].as_str().unwrap_or_default();
+                assert!(why.contains("refused events"), "{ready}");
+                Err(ready.to_string())
+            }
         }
-        assert!(ready["checks"]["collector"]
-            .as_str()
-            .unwrap()
-            .contains("refused events"));
-        assert!(start.elapsed() < Duration::from_secs(10), "{ready}");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await;
     assert_eq!(
         local.describe_stream("inbound").await.unwrap().record_count,
         Some(11)

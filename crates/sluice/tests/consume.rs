@@ -3,6 +3,8 @@
 //! SIGKILL loses its shards to the others within the failover time and one
 //! renewal, and every record is printed. `sluice leases` shows the table.
 
+mod support;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -16,6 +18,7 @@ use sluice_backends::conformance::servers::{kinesis, moto};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::stream::PutRecord;
 use sluice_core::StreamBackend;
+use support::wait::wait_until;
 
 const FAILOVER_MS: u64 = 3000;
 
@@ -125,19 +128,6 @@ fn per_owner(owners: &BTreeMap<String, Option<String>>) -> BTreeMap<String, usiz
     counts
 }
 
-async fn wait_for(limit: Duration, what: &str, mut ready: impl FnMut() -> Result<(), String>) {
-    let start = Instant::now();
-    loop {
-        match ready() {
-            Ok(()) => return,
-            Err(state) if start.elapsed() > limit => {
-                panic!("timed out waiting for {what}: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
-
 fn printed(consumers: &[&Consumer]) -> BTreeSet<String> {
     consumers
         .iter()
@@ -217,7 +207,7 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
     let a = start(&config, &app, &stream, "a");
     let b = start(&config, &app, &stream, "b");
     let mut c = start(&config, &app, &stream, "c");
-    wait_for(Duration::from_secs(60), "the leases to balance", || {
+    wait_until(Duration::from_secs(60), "the leases to balance", || {
         let mut counts: Vec<usize> = per_owner(&try_owners(&config, &app, &stream)?)
             .into_values()
             .collect();
@@ -229,7 +219,7 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
         }
     })
     .await;
-    wait_for(Duration::from_secs(60), "every record printed", || {
+    wait_until(Duration::from_secs(60), "every record printed", || {
         all_printed(&sent, &[&a, &b, &c])
     })
     .await;
@@ -243,7 +233,7 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
     c.child.kill().unwrap();
     c.child.wait().unwrap();
     let killed_at = Instant::now();
-    wait_for(Duration::from_secs(60), "c's shards to be taken", || {
+    wait_until(Duration::from_secs(60), "c's shards to be taken", || {
         let now = owners(&config, &app, &stream);
         let free: Vec<&String> = orphaned
             .iter()
@@ -272,7 +262,7 @@ async fn three_consume_processes_share_eight_shards_and_survive_a_kill() {
     // Written after the takeover (not timed with it): the survivors read
     // c's shards on from its last checkpoints and these after them.
     sent.extend(write(&producer, 400, 400).await);
-    wait_for(
+    wait_until(
         Duration::from_secs(60),
         "every record printed after the kill",
         || {
@@ -305,7 +295,7 @@ async fn a_consume_process_serves_its_metrics_for_prometheus() {
         .port();
     let listen = format!("127.0.0.1:{port}");
     let consumer = start_with(&config, &app, &stream, "m", &["--metrics-listen", &listen]);
-    wait_for(Duration::from_secs(60), "every record printed", || {
+    wait_until(Duration::from_secs(60), "every record printed", || {
         all_printed(&sent, &[&consumer])
     })
     .await;

@@ -19,6 +19,7 @@ use std::time::{Duration, Instant};
 use support::alerts::{alert, alerts, percentile, Series, SAMPLE, SAMPLES};
 use support::otlp::{receiver, Exports};
 use support::process::{Sluice, TOKEN};
+use support::wait::{wait_for, wait_until};
 
 const KEY: &str = "wk_drill_shop";
 const ORIGIN: &str = "https://shop.example";
@@ -159,17 +160,18 @@ fn telemetry_env(endpoint: &str) -> Vec<(&'static str, String)> {
 
 /// Waits until an export arrived after `after`: the run's last sample is in.
 async fn wait_for_export_after(exports: &Exports, after: Instant) {
-    let limit = Instant::now() + Duration::from_secs(20);
-    while !exports
-        .metrics
-        .lock()
-        .unwrap()
-        .iter()
-        .any(|(at, _)| *at > after)
-    {
-        assert!(Instant::now() < limit, "no OTLP export after the run");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    wait_until(
+        Duration::from_secs(20),
+        "an OTLP export after the run",
+        || {
+            let metrics = exports.metrics.lock().unwrap();
+            match metrics.iter().any(|(at, _)| *at > after) {
+                true => Ok(()),
+                false => Err(format!("{} exports, none after", metrics.len())),
+            }
+        },
+    )
+    .await
 }
 
 /// Runs `sluice up` with `config_text`, ready before the clock starts, with
@@ -206,18 +208,14 @@ async fn run(dir: &Path, config_text: &str, refuse_traces: bool, writers: &[Writ
 }
 
 async fn wait_ready(url: &str) {
-    let limit = Instant::now() + Duration::from_secs(30);
-    loop {
-        let status = reqwest::get(format!("{url}/readyz"))
-            .await
-            .map(|a| a.status().as_u16())
-            .unwrap_or(0);
-        if status == 200 {
-            return;
+    wait_for(Duration::from_secs(30), "sluice up to be ready", || async {
+        match reqwest::get(format!("{url}/readyz")).await {
+            Ok(answer) if answer.status() == 200 => Ok(()),
+            Ok(answer) => Err(answer.text().await.unwrap_or_default()),
+            Err(e) => Err(e.to_string()),
         }
-        assert!(Instant::now() < limit, "sluice up never got ready");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

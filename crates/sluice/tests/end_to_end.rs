@@ -50,6 +50,7 @@ mod support;
 use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
 use support::otlp::{receiver, Exports, MetricsRequest};
 use support::process::{Sluice, TOKEN};
+use support::wait::wait_for;
 
 /// `sluice COMMAND` with the test configuration.
 fn start_command(dir: &Path, command: &str) -> Sluice {
@@ -162,22 +163,6 @@ async fn wait_for_count(limit: Duration, url: &str, stream: &str, count: usize) 
 }
 
 /// Waits until `ready` holds, polling; fails with `what` after `limit`.
-async fn wait_for<F, Fut>(limit: Duration, what: &str, mut ready: F)
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<(), String>>,
-{
-    let start = Instant::now();
-    loop {
-        match ready().await {
-            Ok(()) => return,
-            Err(state) if start.elapsed() > limit => {
-                panic!("timed out waiting for {what}: {state}")
-            }
-            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
-}
 
 fn expected_streams(kind: &str, amount: f64) -> Vec<&'static str> {
     match kind {

@@ -3,7 +3,7 @@
 
 mod support;
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use serde_json::Value;
 
@@ -13,6 +13,7 @@ use sluice_core::TableBackend;
 use support::aws::{config_on_moto, moto_endpoint, AWS_ENV};
 use support::process::Sluice;
 use support::proxy::Proxy;
+use support::wait::wait_for;
 
 async fn get(url: &str) -> (u16, String) {
     let answer = reqwest::get(url).await.unwrap();
@@ -22,20 +23,17 @@ async fn get(url: &str) -> (u16, String) {
 /// Polls `/readyz` until its status is `status` and `check` holds for its
 /// body; returns the body.
 async fn readyz_until(url: &str, status: u16, what: &str, check: impl Fn(&Value) -> bool) -> Value {
-    let start = Instant::now();
-    loop {
+    wait_for(Duration::from_secs(60), what, || async {
         let (got, text) = get(&format!("{url}/readyz")).await;
         let body: Value =
             serde_json::from_str(&text).unwrap_or_else(|_| panic!("not JSON: {text}"));
         if got == status && check(&body) {
-            return body;
+            Ok(body)
+        } else {
+            Err(format!("last answer {got} {body}"))
         }
-        assert!(
-            start.elapsed() < Duration::from_secs(60),
-            "timed out waiting for {what}; last answer {got} {body}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    })
+    .await
 }
 
 fn check_says(body: &Value, check: &str, words: &[&str]) -> bool {

@@ -9,3 +9,4 @@ pub mod otlp;
 pub mod process;
 pub mod proxy;
 pub mod sse;
+pub mod wait;
