@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use sluice_backends::conformance::servers::{dynamodb, kinesis, moto, moto_checking_credentials};
-use sluice_client::{ProduceError, Producer, ProducerConfig};
+use sluice_client::{ProduceError, Producer, ProducerConfig, SendFailure};
 use sluice_core::retry::{Backoff, Retryable};
 use sluice_core::stream::{PutRecord, StartPosition, StreamError};
 use sluice_core::table::TableError;
@@ -63,7 +63,13 @@ async fn a_stream_deleted_while_in_use_gives_not_found_errors() {
         .await
         .unwrap_err();
     assert!(
-        matches!(&err, ProduceError::Rejected { reason, .. } if reason.contains("StreamNotFound")),
+        matches!(
+            &err,
+            ProduceError::Rejected {
+                reason: SendFailure::Call(StreamError::StreamNotFound(_)),
+                ..
+            }
+        ),
         "{err:?}"
     );
     assert!(matches!(

@@ -11,4 +11,4 @@ pub mod consumer;
 pub mod follow;
 pub mod producer;
 
-pub use producer::{ProduceError, Producer, ProducerConfig};
+pub use producer::{ProduceError, Producer, ProducerConfig, SendFailure};

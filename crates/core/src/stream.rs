@@ -129,13 +129,16 @@ impl PutRecord {
 }
 
 /// Why one entry of a PutRecords call failed.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum PutFailure {
     /// ProvisionedThroughputExceededException: retry later.
+    #[error("throughput exceeded: {0}")]
     Throttled(String),
     /// InternalFailure: retry.
+    #[error("internal failure: {0}")]
     Internal(String),
     /// Anything else the service reported for the entry.
+    #[error("{code}: {message}")]
     Other { code: String, message: String },
 }
 

@@ -27,7 +27,7 @@ use sluice_core::limits::{
     put_entry_bytes, MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, MAX_RECORD_BYTES,
 };
 use sluice_core::retry::{Backoff, Retryable};
-use sluice_core::stream::{PutRecord, PutResult, StreamError};
+use sluice_core::stream::{PutFailure, PutRecord, PutResult, StreamError};
 use sluice_core::StreamBackend;
 use sluice_telemetry::metrics;
 use sluice_telemetry::{Counter, Histogram};
@@ -78,10 +78,10 @@ pub enum ProduceError {
     GaveUp {
         stream: String,
         waited_ms: u64,
-        last: String,
+        last: SendFailure,
     },
     #[error("record rejected by stream {stream}: {reason}")]
-    Rejected { stream: String, reason: String },
+    Rejected { stream: String, reason: SendFailure },
     #[error("the producer for stream {0} is closed")]
     Closed(String),
 }
@@ -91,6 +91,20 @@ impl Retryable for ProduceError {
         matches!(self, ProduceError::GaveUp { .. })
             || matches!(self, ProduceError::Stream { error, .. } if error.is_retryable())
     }
+}
+
+/// What last kept a record from being stored.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SendFailure {
+    /// The stream refused the record's entry of a call.
+    #[error("entry failed: {0}")]
+    Entry(PutFailure),
+    /// The whole call failed.
+    #[error(transparent)]
+    Call(StreamError),
+    /// It was still waiting for its turn when its time was up.
+    #[error("its deadline passed before it could be sent")]
+    Deadline,
 }
 
 /// The records of one [`Producer::send_each`] that were not delivered: each
@@ -600,11 +614,7 @@ fn next_call(inner: &Inner, state: &mut Lanes, now: Instant) -> Next {
     }
     state.next = (last + 1) % count;
     for pending in expired {
-        give_up(
-            inner,
-            pending,
-            &"its deadline passed before it could be sent",
-        );
+        give_up(inner, pending, SendFailure::Deadline);
     }
     if call.entries.is_empty() {
         return Next::Wait;
@@ -672,14 +682,10 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
                     }
                     PutResult::Failed(failure) => {
                         inner.failed_entries.inc();
+                        let retryable = failure.is_retryable();
+                        let failure = SendFailure::Entry(failure);
                         for pending in entry.members {
-                            retry_or_fail(
-                                &inner,
-                                pending,
-                                &failure,
-                                failure.is_retryable(),
-                                &mut retry,
-                            );
+                            retry_or_fail(&inner, pending, &failure, retryable, &mut retry);
                         }
                     }
                 }
@@ -694,8 +700,9 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
                 results.len(),
                 entries.len()
             ));
+            let failure = SendFailure::Call(error);
             for pending in entries.into_iter().flat_map(|e| e.members) {
-                retry_or_fail(&inner, pending, &error, true, &mut retry);
+                retry_or_fail(&inner, pending, &failure, true, &mut retry);
             }
         }
         Err(error) => {
@@ -703,8 +710,9 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
             if !retryable {
                 tracing::error!(stream = %inner.stream, error = %error, "PutRecords failed");
             }
+            let failure = SendFailure::Call(error);
             for pending in entries.into_iter().flat_map(|e| e.members) {
-                retry_or_fail(&inner, pending, &error, retryable, &mut retry);
+                retry_or_fail(&inner, pending, &failure, retryable, &mut retry);
             }
         }
     }
@@ -748,29 +756,29 @@ async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
 fn retry_or_fail(
     inner: &Inner,
     pending: Pending,
-    reason: &dyn std::fmt::Debug,
+    reason: &SendFailure,
     retryable: bool,
     retry: &mut Vec<Pending>,
 ) {
     if retryable && Instant::now() < pending.completion.deadline {
         retry.push(pending);
     } else if retryable {
-        give_up(inner, pending, reason);
+        give_up(inner, pending, reason.clone());
     } else {
         let error = ProduceError::Rejected {
             stream: inner.stream.clone(),
-            reason: format!("{reason:?}"),
+            reason: reason.clone(),
         };
         pending.fail(error);
     }
 }
 
-fn give_up(inner: &Inner, pending: Pending, reason: &dyn std::fmt::Debug) {
+fn give_up(inner: &Inner, pending: Pending, reason: SendFailure) {
     inner.given_up.inc();
     let error = ProduceError::GaveUp {
         stream: inner.stream.clone(),
         waited_ms: pending.completion.since.elapsed().as_millis() as u64,
-        last: format!("{reason:?}"),
+        last: reason,
     };
     pending.fail(error);
 }

@@ -38,17 +38,23 @@ use crate::router::count_batch;
 /// Where the function's configuration comes from: inline TOML in
 /// `SLUICE_RULES`, or the file named by `SLUICE_CONFIG` (bundled with the
 /// function), in the format of `sluice.toml`.
-pub fn config_from_env() -> Result<Config, String> {
+pub fn config_from_env() -> Result<Config, FunctionConfigError> {
     if let Ok(text) = std::env::var("SLUICE_RULES") {
-        return Config::parse(&text, "SLUICE_RULES").map_err(|e| e.to_string());
+        return Ok(Config::parse(&text, "SLUICE_RULES")?);
     }
     match std::env::var("SLUICE_CONFIG") {
-        Ok(path) => Config::load(Some(Path::new(&path))).map_err(|e| e.to_string()),
-        Err(_) => Err(
-            "set SLUICE_CONFIG to the bundled configuration file, or SLUICE_RULES to its text"
-                .into(),
-        ),
+        Ok(path) => Ok(Config::load(Some(Path::new(&path)))?),
+        Err(_) => Err(FunctionConfigError::NotSet),
     }
+}
+
+/// Why the function has no configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum FunctionConfigError {
+    #[error(transparent)]
+    Invalid(#[from] crate::config::ConfigError),
+    #[error("set SLUICE_CONFIG to the bundled configuration file, or SLUICE_RULES to its text")]
+    NotSet,
 }
 
 /// The OTLP `Authorization` header from the Secrets Manager secret `secret`
