@@ -209,6 +209,17 @@ impl MetricDef {
         }
     }
 
+    /// Drops the series with these labels, when what it measured is gone
+    /// (a shard whose lease went to another worker, a shard that ended):
+    /// neither `/metrics` nor the OTLP export reports it any more, instead
+    /// of its last value for ever. A handle still held keeps working,
+    /// unreported; asking for the series again starts a new one.
+    pub fn remove(&'static self, pairs: &[(&'static str, &str)]) {
+        self.check_labels(pairs);
+        let mut series = registry().series.lock().expect("registry lock");
+        series.remove(&(self.name, labels(pairs)));
+    }
+
     /// The histogram of this metric with these labels.
     pub fn histogram(&'static self, pairs: &[(&'static str, &str)]) -> Histogram {
         assert_eq!(

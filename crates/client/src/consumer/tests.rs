@@ -14,6 +14,7 @@ use sluice_core::{StreamBackend, TableBackend};
 
 use super::*;
 use crate::{Producer, ProducerConfig};
+use sluice_telemetry::metrics;
 
 /// Everything processed, by everyone: (partition key, value) in the order
 /// each processor saw it, and which worker saw it.
@@ -316,8 +317,45 @@ async fn split_and_merge(s: Setup) {
     )
     .await;
     check_order(&seen);
+    // Lag and checkpoint age are reported for the open shards only: the
+    // ended parents' series went with their readers.
+    let open: BTreeSet<String> = s
+        .streams
+        .list_shards(&s.stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.is_open())
+        .map(|s| s.shard_id)
+        .collect();
+    let reported = |def: &'static sluice_telemetry::registry::MetricDef| -> BTreeSet<String> {
+        sluice_telemetry::registry::series_of(def)
+            .into_iter()
+            .filter(|(labels, _)| labels.contains(&("application", s.app.clone())))
+            .filter_map(|(labels, _)| labels.into_iter().find(|(k, _)| *k == "shard"))
+            .map(|(_, shard)| shard)
+            .collect()
+    };
+    wait_until(
+        Duration::from_secs(30),
+        "series of the open shards only",
+        || {
+            let lag = reported(&metrics::CONSUMER_MILLIS_BEHIND);
+            let age = reported(&metrics::CONSUMER_CHECKPOINT_AGE_MS);
+            if lag == open && age == open {
+                Ok(())
+            } else {
+                Err(format!(
+                    "lag of {lag:?}, checkpoint age of {age:?}, open {open:?}"
+                ))
+            }
+        },
+    )
+    .await;
     a.shutdown().await;
     b.shutdown().await;
+    assert!(reported(&metrics::CONSUMER_MILLIS_BEHIND).is_empty());
+    assert!(reported(&metrics::CONSUMER_CHECKPOINT_AGE_MS).is_empty());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

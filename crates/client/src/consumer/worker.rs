@@ -487,6 +487,14 @@ impl State {
                 (shard, ReadOutcome::Ended)
             }
         };
+        // What was measured of the shard here ended with its reader.
+        let config = &self.shared.config;
+        for gauge in [
+            &metrics::CONSUMER_MILLIS_BEHIND,
+            &metrics::CONSUMER_CHECKPOINT_AGE_MS,
+        ] {
+            gauge.remove(&[("application", &config.application), ("shard", &shard)]);
+        }
         if outcome == ReadOutcome::Gone {
             if let Some(held) = self.held.get(&shard) {
                 let counter = held.lease.lock().await.counter;

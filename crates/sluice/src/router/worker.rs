@@ -48,6 +48,14 @@ pub struct RouterWorker {
 /// Routes each batch; checkpoints once every output acknowledged it.
 struct RouterProcessor {
     deliver: Arc<RouteAndDeliver>,
+    shard: String,
+}
+
+impl Drop for RouterProcessor {
+    /// The shard is no longer read here: its lag is someone else's to report.
+    fn drop(&mut self) {
+        metrics::ROUTER_MILLIS_BEHIND.remove(&[("shard", &self.shard)]);
+    }
 }
 
 #[async_trait]
@@ -125,9 +133,10 @@ impl RouterWorker {
         config.backoff = settings.backoff.clone();
         let deliver = self.deliver.clone();
         let factory: Arc<dyn ProcessorFactory> =
-            Arc::new(move |_: &str| -> Box<dyn RecordProcessor> {
+            Arc::new(move |shard: &str| -> Box<dyn RecordProcessor> {
                 Box::new(RouterProcessor {
                     deliver: deliver.clone(),
+                    shard: shard.to_owned(),
                 })
             });
         Ok(Worker::start(
