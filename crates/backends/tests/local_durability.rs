@@ -1,6 +1,7 @@
 //! Durability of the embedded stream store: what was acknowledged survives
-//! reopening, a torn tail is cut, damage is refused, and kill -9 of a
-//! writing process loses no acknowledged record.
+//! reopening, a torn tail is cut, damage is refused, kill -9 of a writing
+//! process loses no acknowledged record, and neither does a crash that
+//! loses everything not synced (simulated from the log's own syncs).
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
@@ -9,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use sluice_backends::conformance::stream::read_shard;
+use sluice_backends::local::log::{Disk, SyncWitness};
 use sluice_backends::local::{LocalStreamOptions, LocalStreams};
 use sluice_core::stream::{PutRecord, PutResult, StartPosition};
 use sluice_core::StreamBackend;
@@ -238,6 +240,7 @@ async fn retention_removes_whole_old_segments_only() {
     let options = LocalStreamOptions {
         segment_bytes: 16 * 1024,
         retention_hours: 1,
+        ..Default::default()
     };
     let streams = LocalStreams::open(dir.path(), options.clone()).unwrap();
     let backend: Arc<dyn StreamBackend> = Arc::new(streams);
@@ -292,4 +295,111 @@ async fn retention_removes_whole_old_segments_only() {
     drop(backend);
     let backend = open(dir.path());
     assert_eq!(read_all(&backend, "s").await, after);
+}
+
+/// The syncs of a run, and the crash that keeps only what they made
+/// durable: of each file its first bytes up to its last sync, of each
+/// directory only the entries it had at its last sync. That is all POSIX
+/// promises after a power cut; kill -9 keeps the page cache and so proves
+/// nothing about syncs.
+#[derive(Default)]
+struct Syncs {
+    data: std::sync::Mutex<std::collections::HashMap<std::path::PathBuf, u64>>,
+    dirs: std::sync::Mutex<
+        std::collections::HashMap<std::path::PathBuf, HashSet<std::ffi::OsString>>,
+    >,
+}
+
+impl SyncWitness for Syncs {
+    fn data(&self, path: &Path, len: u64) {
+        self.data.lock().unwrap().insert(path.to_owned(), len);
+    }
+
+    fn dir(&self, dir: &Path) {
+        let names = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        self.dirs.lock().unwrap().insert(dir.to_owned(), names);
+    }
+}
+
+impl Syncs {
+    /// Turns `dir` into what a crash now would leave of it.
+    fn crash(&self, dir: &Path) {
+        let kept = self
+            .dirs
+            .lock()
+            .unwrap()
+            .get(dir)
+            .cloned()
+            .unwrap_or_default();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let entry = entry.unwrap();
+            let path = entry.path();
+            let is_dir = entry.file_type().unwrap().is_dir();
+            match (kept.contains(&entry.file_name()), is_dir) {
+                (false, true) => std::fs::remove_dir_all(&path).unwrap(),
+                (false, false) => std::fs::remove_file(&path).unwrap(),
+                (true, true) => self.crash(&path),
+                (true, false) => {
+                    let durable = self.data.lock().unwrap().get(&path).copied().unwrap_or(0);
+                    let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+                    file.set_len(durable.min(file.metadata().unwrap().len()))
+                        .unwrap();
+                }
+            }
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_crash_that_loses_what_was_not_synced_keeps_every_acknowledged_record() {
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("streams");
+    let syncs = Arc::new(Syncs::default());
+    let options = LocalStreamOptions {
+        segment_bytes: 16 * 1024,
+        disk: Disk::witnessed(syncs.clone()),
+        ..Default::default()
+    };
+    let backend: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(&root, options).expect("open streams"));
+    backend.create_stream("s", 2).await.unwrap();
+    // Writers side by side (group commits), across segments and a split.
+    let writers: Vec<_> = (0..4u32)
+        .map(|w| {
+            let backend = backend.clone();
+            tokio::spawn(async move { put_numbered(&backend, "s", w * 1000..w * 1000 + 500).await })
+        })
+        .collect();
+    for writer in writers {
+        writer.await.unwrap();
+    }
+    let shards = backend.list_shards("s").await.unwrap();
+    backend
+        .split_shard("s", &shards[0].shard_id, shards[0].hash_key_range.0 + 1000)
+        .await
+        .unwrap();
+    for w in 0..4u32 {
+        put_numbered(&backend, "s", w * 1000 + 500..w * 1000 + 1000).await;
+    }
+    let acknowledged = read_all(&backend, "s").await;
+    assert_eq!(acknowledged.len(), 4000);
+    drop(backend);
+
+    // Bytes written but never synced are what the crash takes.
+    let segment = last_segment(&root, "s");
+    let synced_len = std::fs::metadata(&segment).unwrap().len();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&segment)
+        .unwrap()
+        .write_all(b"written, never synced")
+        .unwrap();
+    syncs.crash(&root);
+    assert_eq!(std::fs::metadata(&segment).unwrap().len(), synced_len);
+
+    let reopened = open(&root);
+    assert_eq!(read_all(&reopened, "s").await, acknowledged);
 }

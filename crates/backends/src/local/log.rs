@@ -13,6 +13,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// Bytes before the body of a frame.
 pub const FRAME_HEADER: usize = 8;
@@ -162,7 +163,7 @@ pub fn scan_segment(bytes: &[u8], segment: u64) -> (Vec<Entry>, usize, Option<Fr
 const INDEX_ENTRY: usize = 4 + 8 + 8 + 4 + 4;
 
 /// Writes a sealed segment's index durably (temporary file, fsync, rename).
-pub fn write_index(dir: &Path, base_seq: u64, entries: &[Entry]) -> io::Result<()> {
+pub fn write_index(disk: &Disk, dir: &Path, base_seq: u64, entries: &[Entry]) -> io::Result<()> {
     let mut buf = Vec::with_capacity(4 + entries.len() * INDEX_ENTRY + 4);
     buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
     for e in entries {
@@ -174,7 +175,7 @@ pub fn write_index(dir: &Path, base_seq: u64, entries: &[Entry]) -> io::Result<(
     }
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
-    write_atomically(dir, &index_path(dir, base_seq), &buf)
+    disk.write_atomically(dir, &index_path(dir, base_seq), &buf)
 }
 
 /// Reads a sealed segment's index; `None` if it is missing or damaged.
@@ -206,22 +207,83 @@ pub fn read_index(dir: &Path, base_seq: u64) -> Option<Vec<Entry>> {
     )
 }
 
-/// Replaces `path` with `bytes` so that a crash leaves the old or the new
-/// content, never a mix.
-pub fn write_atomically(dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
-    let tmp = path.with_extension("tmp");
-    {
-        let mut file = File::create(&tmp)?;
-        file.write_all(bytes)?;
-        file.sync_all()?;
-    }
-    fs::rename(&tmp, path)?;
-    sync_dir(dir)
+/// Where the log's data becomes durable: every sync of the log goes
+/// through here and nowhere else, so a [`SyncWitness`] sees each one and a
+/// test can replay a crash that loses whatever was not synced.
+#[derive(Clone, Default)]
+pub struct Disk {
+    witness: Option<Arc<dyn SyncWitness>>,
 }
 
-/// Makes a directory's entries (new, renamed or removed files) durable.
-pub fn sync_dir(dir: &Path) -> io::Result<()> {
-    File::open(dir)?.sync_all()
+/// Told of every sync as it completes.
+pub trait SyncWitness: Send + Sync {
+    /// The first `len` bytes of `path` are durable.
+    fn data(&self, path: &Path, len: u64);
+    /// The entries of `dir`, as they are now, are durable.
+    fn dir(&self, dir: &Path);
+}
+
+impl std::fmt::Debug for Disk {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Disk")
+            .field("witnessed", &self.witness.is_some())
+            .finish()
+    }
+}
+
+impl Disk {
+    /// Syncs told to `witness`.
+    pub fn witnessed(witness: Arc<dyn SyncWitness>) -> Self {
+        Self {
+            witness: Some(witness),
+        }
+    }
+
+    /// Makes the first `len` bytes of `file` (at `path`) durable, with what
+    /// is needed to read them back, not its other metadata (fdatasync).
+    pub fn sync_data(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+        file.sync_data()?;
+        if let Some(w) = &self.witness {
+            w.data(path, len);
+        }
+        Ok(())
+    }
+
+    /// Makes `file` (at `path`, `len` bytes long) and all its metadata durable.
+    pub fn sync_all(&self, file: &File, path: &Path, len: u64) -> io::Result<()> {
+        file.sync_all()?;
+        if let Some(w) = &self.witness {
+            w.data(path, len);
+        }
+        Ok(())
+    }
+
+    /// Makes a directory's entries (new, renamed or removed files) durable.
+    pub fn sync_dir(&self, dir: &Path) -> io::Result<()> {
+        File::open(dir)?.sync_all()?;
+        if let Some(w) = &self.witness {
+            w.dir(dir);
+        }
+        Ok(())
+    }
+
+    /// Replaces `path` with `bytes` so that a crash leaves the old or the new
+    /// content, never a mix.
+    pub fn write_atomically(&self, dir: &Path, path: &Path, bytes: &[u8]) -> io::Result<()> {
+        let tmp = path.with_extension("tmp");
+        {
+            let mut file = File::create(&tmp)?;
+            file.write_all(bytes)?;
+            self.sync_all(&file, &tmp, bytes.len() as u64)?;
+        }
+        fs::rename(&tmp, path)?;
+        self.sync_dir(dir)?;
+        // The synced content now has the new name.
+        if let Some(w) = &self.witness {
+            w.data(path, bytes.len() as u64);
+        }
+        Ok(())
+    }
 }
 
 /// An open segment file for appending.
@@ -229,45 +291,51 @@ pub struct ActiveSegment {
     pub base_seq: u64,
     pub file: File,
     pub len: u64,
+    path: PathBuf,
+    pub disk: Disk,
 }
 
 impl ActiveSegment {
-    pub fn create(dir: &Path, base_seq: u64) -> io::Result<Self> {
+    pub fn create(disk: &Disk, dir: &Path, base_seq: u64) -> io::Result<Self> {
+        let path = segment_path(dir, base_seq);
         let file = OpenOptions::new()
             .create_new(true)
             .read(true)
             .append(true)
-            .open(segment_path(dir, base_seq))?;
-        sync_dir(dir)?;
+            .open(&path)?;
+        disk.sync_dir(dir)?;
         Ok(Self {
             base_seq,
             file,
             len: 0,
+            path,
+            disk: disk.clone(),
         })
     }
 
     /// Reopens a recovered segment, cutting it to `valid_len` bytes.
-    pub fn reopen(dir: &Path, base_seq: u64, valid_len: u64) -> io::Result<Self> {
-        let file = OpenOptions::new()
-            .read(true)
-            .append(true)
-            .open(segment_path(dir, base_seq))?;
+    pub fn reopen(disk: &Disk, dir: &Path, base_seq: u64, valid_len: u64) -> io::Result<Self> {
+        let path = segment_path(dir, base_seq);
+        let file = OpenOptions::new().read(true).append(true).open(&path)?;
         if file.metadata()?.len() != valid_len {
             file.set_len(valid_len)?;
-            file.sync_all()?;
+            disk.sync_all(&file, &path, valid_len)?;
         }
         Ok(Self {
             base_seq,
             file,
             len: valid_len,
+            path,
+            disk: disk.clone(),
         })
     }
 
     /// Appends and syncs; on failure cuts the file back to where it was.
     pub fn append_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
+        let end = self.len + bytes.len() as u64;
         let result = (&self.file)
             .write_all(bytes)
-            .and_then(|_| self.file.sync_data());
+            .and_then(|_| self.disk.sync_data(&self.file, &self.path, end));
         match result {
             Ok(()) => {
                 self.len += bytes.len() as u64;
@@ -351,7 +419,7 @@ mod tests {
                 len: 41,
             },
         ];
-        write_index(dir.path(), 5, &entries).unwrap();
+        write_index(&Disk::default(), dir.path(), 5, &entries).unwrap();
         assert_eq!(read_index(dir.path(), 5).unwrap(), entries);
         let path = index_path(dir.path(), 5);
         let mut bytes = fs::read(&path).unwrap();

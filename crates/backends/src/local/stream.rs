@@ -29,7 +29,7 @@ use sluice_core::stream::{
 };
 use sluice_core::{SequenceNumber, StreamBackend};
 
-use super::log::{self, ActiveSegment, Entry};
+use super::log::{self, ActiveSegment, Disk, Entry};
 
 /// Most shards a local stream may have.
 pub const MAX_SHARDS: u32 = 1024;
@@ -45,6 +45,8 @@ pub struct LocalStreamOptions {
     pub retention_hours: u32,
     /// Size at which a segment is sealed and a new one started.
     pub segment_bytes: u64,
+    /// Where the logs' syncs go (a test can witness them).
+    pub disk: Disk,
 }
 
 impl Default for LocalStreamOptions {
@@ -52,6 +54,7 @@ impl Default for LocalStreamOptions {
         Self {
             retention_hours: 24,
             segment_bytes: 128 * 1024 * 1024,
+            disk: Disk::default(),
         }
     }
 }
@@ -149,6 +152,7 @@ struct State {
 
 struct Shared {
     name: String,
+    disk: Disk,
     dir: PathBuf,
     state: RwLock<State>,
 }
@@ -288,16 +292,17 @@ impl Shared {
             fs::remove_file(log::segment_path(&self.dir, *base)).map_err(storage)?;
         }
         if !doomed.is_empty() {
-            log::sync_dir(&self.dir).map_err(storage)?;
+            self.disk.sync_dir(&self.dir).map_err(storage)?;
             tracing::info!(stream = %self.name, segments = doomed.len(), "removed segments past retention");
         }
         Ok(doomed.len())
     }
 }
 
-fn write_meta(dir: &Path, meta: &StreamMeta) -> Result<(), StreamError> {
+fn write_meta(disk: &Disk, dir: &Path, meta: &StreamMeta) -> Result<(), StreamError> {
     let bytes = serde_json::to_vec_pretty(meta).map_err(storage)?;
-    log::write_atomically(dir, &dir.join("meta.json"), &bytes).map_err(storage)
+    disk.write_atomically(dir, &dir.join("meta.json"), &bytes)
+        .map_err(storage)
 }
 
 fn recover(dir: &Path, options: &LocalStreamOptions) -> Result<LocalStream, StreamError> {
@@ -338,7 +343,10 @@ fn recover(dir: &Path, options: &LocalStreamOptions) -> Result<LocalStream, Stre
                     }
                 }
                 if last {
-                    active = Some(ActiveSegment::reopen(dir, base, valid as u64).map_err(storage)?);
+                    active = Some(
+                        ActiveSegment::reopen(&options.disk, dir, base, valid as u64)
+                            .map_err(storage)?,
+                    );
                 }
                 entries
             }
@@ -369,7 +377,7 @@ fn recover(dir: &Path, options: &LocalStreamOptions) -> Result<LocalStream, Stre
     let active = match active {
         Some(active) => active,
         None => {
-            let active = ActiveSegment::create(dir, next_seq).map_err(storage)?;
+            let active = ActiveSegment::create(&options.disk, dir, next_seq).map_err(storage)?;
             let file = File::open(log::segment_path(dir, next_seq)).map_err(storage)?;
             segments.insert(
                 next_seq,
@@ -393,6 +401,7 @@ fn recover(dir: &Path, options: &LocalStreamOptions) -> Result<LocalStream, Stre
         .collect();
     let shared = Arc::new(Shared {
         name: meta.name.clone(),
+        disk: options.disk.clone(),
         dir: dir.to_owned(),
         state: RwLock::new(State {
             meta,
@@ -570,8 +579,9 @@ impl Writer {
     /// Seals the active segment (its index written first) and starts a new one.
     fn roll(&mut self) -> std::io::Result<()> {
         let dir = self.shared.dir.clone();
-        log::write_index(&dir, self.active.base_seq, &self.active_entries)?;
-        let next = ActiveSegment::create(&dir, self.next_seq)?;
+        let disk = &self.shared.disk;
+        log::write_index(disk, &dir, self.active.base_seq, &self.active_entries)?;
+        let next = ActiveSegment::create(disk, &dir, self.next_seq)?;
         let file = File::open(log::segment_path(&dir, self.next_seq))?;
         let mut state = self.shared.state.write().expect("state lock");
         state.segments.insert(
@@ -594,7 +604,7 @@ impl Writer {
     ) -> Result<(), StreamError> {
         let mut meta = self.shared.state.read().expect("state lock").meta.clone();
         change(&mut meta, self.next_seq)?;
-        write_meta(&self.shared.dir, &meta)?;
+        write_meta(&self.shared.disk, &self.shared.dir, &meta)?;
         let mut state = self.shared.state.write().expect("state lock");
         while state.shards.len() < meta.shards.len() {
             state.shards.push(VecDeque::new());
@@ -833,12 +843,14 @@ impl StreamBackend for LocalStreams {
                 })
                 .collect(),
         };
-        let segment = ActiveSegment::create(&dir, 0).map_err(storage)?;
-        write_meta(&dir, &meta)?;
-        log::sync_dir(&self.root).map_err(storage)?;
+        let disk = &self.options.disk;
+        let segment = ActiveSegment::create(disk, &dir, 0).map_err(storage)?;
+        write_meta(disk, &dir, &meta)?;
+        disk.sync_dir(&self.root).map_err(storage)?;
         let file = File::open(log::segment_path(&dir, 0)).map_err(storage)?;
         let shared = Arc::new(Shared {
             name: name.to_owned(),
+            disk: self.options.disk.clone(),
             dir,
             state: RwLock::new(State {
                 shards: vec![VecDeque::new(); meta.shards.len()],
@@ -874,7 +886,7 @@ impl StreamBackend for LocalStreams {
             .remove(name)
             .ok_or_else(|| StreamError::StreamNotFound(name.to_owned()))?;
         fs::remove_dir_all(&stream.shared.dir).map_err(storage)?;
-        log::sync_dir(&self.root).map_err(storage)
+        self.options.disk.sync_dir(&self.root).map_err(storage)
     }
 
     async fn list_streams(&self) -> Result<Vec<String>, StreamError> {

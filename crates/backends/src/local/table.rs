@@ -59,6 +59,15 @@ impl LocalTable {
         Ok(Self { db: Arc::new(db) })
     }
 
+    /// Tables on another storage than a file (a test's, that loses what
+    /// was not synced when it simulates a crash).
+    pub fn on_storage(storage_backend: impl redb::StorageBackend) -> Result<Self, TableError> {
+        let db = Database::builder()
+            .create_with_backend(storage_backend)
+            .map_err(storage)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
     async fn blocking<T: Send + 'static>(
         &self,
         work: impl FnOnce(&Database) -> Result<T, TableError> + Send + 'static,
