@@ -208,6 +208,18 @@ impl AwsTables {
         }
         Ok(AttributeValue::S(key.to_owned()))
     }
+
+    /// Conditional puts of distinct keys, side by side; results in order.
+    async fn put_wave(
+        &self,
+        table: &str,
+        wave: Vec<(String, Item, Condition)>,
+    ) -> Vec<Result<(), TableError>> {
+        let calls = wave.into_iter().map(|(key, item, condition)| async move {
+            self.put(table, &key, item, condition).await
+        });
+        futures::future::join_all(calls).await
+    }
 }
 
 #[async_trait]
@@ -320,17 +332,18 @@ impl TableBackend for AwsTables {
     ) -> Vec<Result<(), TableError>> {
         // DynamoDB has no conditional batch write (BatchWriteItem takes no
         // conditions, TransactWriteItems fails all for one): concurrent
-        // conditional puts, a bounded number at a time.
+        // conditional puts, a bounded number at a time, in waves that never
+        // hold a key twice, so a put sees every earlier put of its key.
         const IN_FLIGHT: usize = 16;
         let mut out = Vec::with_capacity(puts.len());
-        let mut puts = puts.into_iter().peekable();
-        while puts.peek().is_some() {
-            let chunk: Vec<_> = puts.by_ref().take(IN_FLIGHT).collect();
-            let calls = chunk.into_iter().map(|(key, item, condition)| async move {
-                self.put(table, &key, item, condition).await
-            });
-            out.extend(futures::future::join_all(calls).await);
+        let mut wave: Vec<(String, Item, Condition)> = Vec::new();
+        for put in puts {
+            if wave.len() == IN_FLIGHT || wave.iter().any(|(key, ..)| *key == put.0) {
+                out.extend(self.put_wave(table, std::mem::take(&mut wave)).await);
+            }
+            wave.push(put);
         }
+        out.extend(self.put_wave(table, wave).await);
         out
     }
 
