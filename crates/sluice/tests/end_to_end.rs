@@ -162,8 +162,6 @@ async fn wait_for_count(limit: Duration, url: &str, stream: &str, count: usize) 
     .await;
 }
 
-/// Waits until `ready` holds, polling; fails with `what` after `limit`.
-
 fn expected_streams(kind: &str, amount: f64) -> Vec<&'static str> {
     match kind {
         "purchase" if amount >= 500.0 => vec!["transactions", "big-spenders"],

@@ -92,18 +92,19 @@ impl Collector {
             .expect("queue time lock")
             .map(|at| at.elapsed());
         if free == 0 {
-            Some(format!(
+            return Some(format!(
                 "the collector's queue is full: {waiting} events wait for the stream"
-            ))
-        } else if let Some(ago) = since_full.filter(|ago| *ago < Duration::from_secs(1)) {
-            Some(format!(
-                "the collector's queue refused events {} ms ago; {waiting} of {} places are taken",
-                ago.as_millis(),
-                self.queue_events
-            ))
-        } else {
-            None
+            ));
         }
+        since_full
+            .filter(|ago| *ago < Duration::from_secs(1))
+            .map(|ago| {
+                format!(
+                    "the collector's queue refused events {} ms ago; {waiting} of {} places are taken",
+                    ago.as_millis(),
+                    self.queue_events
+                )
+            })
     }
 
     pub fn with_max_body_bytes(mut self, max_body_bytes: usize) -> Self {
