@@ -381,6 +381,7 @@ async fn a_restart_resumes_from_the_checkpoints() {
         check_complete(&seen, 20, 60)
     })
     .await;
+    let running = sluice_telemetry::registry::render_prometheus();
     again.shutdown().await;
     // A graceful stop wrote every checkpoint: nothing is processed twice.
     let processed = seen.records.lock().unwrap().len();
@@ -395,8 +396,13 @@ async fn a_restart_resumes_from_the_checkpoints() {
         "{text}"
     );
     assert!(text.contains("sluice_consumer_leases_held{"), "{text}");
+    // Lag is reported while shards are read, and not after.
     assert!(
-        text.contains("sluice_consumer_millis_behind_latest{"),
+        running.contains("sluice_consumer_millis_behind_latest{"),
+        "{running}"
+    );
+    assert!(
+        !text.contains("sluice_consumer_millis_behind_latest{"),
         "{text}"
     );
     check_order(&seen);

@@ -12,6 +12,7 @@
 
 mod event;
 mod invocation;
+#[cfg(feature = "runtime-api")]
 pub mod runtime_api;
 
 pub use event::{EventError, EventReader, KinesisBatch, Rejected};
