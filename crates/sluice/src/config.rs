@@ -378,6 +378,18 @@ pub struct AwsBackendConfig {
     pub create_missing: bool,
 }
 
+impl AwsBackendConfig {
+    /// What the AWS backend connects with.
+    pub fn settings(&self) -> sluice_backends::aws::AwsSettings {
+        sluice_backends::aws::AwsSettings {
+            region: self.region.clone(),
+            kinesis_endpoint: self.kinesis_endpoint.clone(),
+            dynamodb_endpoint: self.dynamodb_endpoint.clone(),
+            wait_active: None,
+        }
+    }
+}
+
 fn endpoint<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Option<String>, D::Error> {
     let url = String::deserialize(deserializer)?;
     if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {

@@ -11,19 +11,17 @@ use axum::middleware;
 use axum::routing::{get, post};
 use axum::Router;
 
-use sluice_backends::aws::AwsSettings;
 use sluice_backends::fault::{Faults, FaultyStreams};
 use sluice_backends::local::{LocalBackend, LocalStreamOptions};
 use sluice_client::consumer::WorkerHandle;
 use sluice_client::{Producer, ProducerConfig};
-use sluice_core::router::RouterOptions;
 use sluice_core::{StreamBackend, StreamError, TableBackend, TableError};
 
 use crate::auth::{require_token, Tokens};
 use crate::collector::recent::RecentEvents;
 use crate::collector::sites::Sites;
 use crate::collector::{ingest::IngestRules, post_events, Collector};
-use crate::config::{AwsBackendConfig, BackendConfig, Config, OutputConfig};
+use crate::config::{AwsBackendConfig, BackendConfig, Config};
 use crate::health::{BackendProbe, Health};
 use crate::http::HttpLimits;
 use crate::router::worker::{RouterWorker, WorkerSettings};
@@ -64,20 +62,12 @@ impl RunningRouter {
         let rules = Arc::new(config.rules());
         let mut producers = Vec::new();
         for name in rules.streams() {
-            let producer_config = ProducerConfig {
-                backoff: config.router.retry.clone(),
-                aggregate_max_bytes: config.outputs.get(name).and_then(OutputConfig::aggregation),
-                ..ProducerConfig::default()
-            };
+            let producer_config = crate::router::output_producer_config(config, name);
             producers.push(Producer::start(streams.clone(), name, producer_config).await?);
         }
         let deliver = Arc::new(RouteAndDeliver {
             rules,
-            options: RouterOptions {
-                source_stream: config.inbound.clone(),
-                max_record_bytes: config.router.max_record_bytes,
-                trace_context: sluice_telemetry::trace::enabled(),
-            },
+            options: crate::router::router_options(config),
             producers: producers.clone(),
         });
         let worker = RouterWorker {
@@ -163,12 +153,7 @@ impl Store {
                 })
             }
             BackendConfig::Aws(aws) => {
-                let settings = AwsSettings {
-                    region: aws.region.clone(),
-                    kinesis_endpoint: aws.kinesis_endpoint.clone(),
-                    dynamodb_endpoint: aws.dynamodb_endpoint.clone(),
-                    wait_active: None,
-                };
+                let settings = aws.settings();
                 let (streams, table) = sluice_backends::aws::connect(&settings).await;
                 Ok(Self {
                     streams: Arc::new(streams),

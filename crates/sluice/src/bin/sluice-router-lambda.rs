@@ -52,12 +52,7 @@ async fn main() -> ExitCode {
         },
     };
     let settings = match &config.backend {
-        BackendConfig::Aws(aws) => AwsSettings {
-            region: aws.region.clone(),
-            kinesis_endpoint: aws.kinesis_endpoint.clone(),
-            dynamodb_endpoint: aws.dynamodb_endpoint.clone(),
-            wait_active: None,
-        },
+        BackendConfig::Aws(aws) => aws.settings(),
         // The function always runs on AWS; the file's local backend is for
         // `sluice up` and is ignored here.
         BackendConfig::Local { .. } => AwsSettings::default(),

@@ -33,7 +33,7 @@ use sluice_core::rules::RuleSet;
 use sluice_core::stream::{PutRecord, Record};
 use sluice_core::{SequenceNumber, StreamBackend};
 
-use crate::config::{Config, OutputConfig};
+use crate::config::Config;
 use crate::router::count_batch;
 
 /// Where the function's configuration comes from: inline TOML in
@@ -127,21 +127,13 @@ impl LambdaRouter {
         let producer_configs = rules
             .streams()
             .iter()
-            .map(|name| ProducerConfig {
-                backoff: config.router.retry.clone(),
-                aggregate_max_bytes: config.outputs.get(name).and_then(OutputConfig::aggregation),
-                ..ProducerConfig::default()
-            })
+            .map(|name| crate::router::output_producer_config(config, name))
             .collect();
         Self {
             producers: rules.streams().iter().map(|_| OnceCell::new()).collect(),
             producer_configs,
             rules,
-            options: RouterOptions {
-                source_stream: config.inbound.clone(),
-                max_record_bytes: config.router.max_record_bytes,
-                trace_context: sluice_telemetry::trace::enabled(),
-            },
+            options: crate::router::router_options(config),
             streams,
             margin,
         }

@@ -7,11 +7,35 @@ pub mod worker;
 
 use std::sync::Arc;
 
-use sluice_client::{ProduceError, Producer};
+use sluice_client::{ProduceError, Producer, ProducerConfig};
 use sluice_core::router::{route_batch, RoutedBatch, RouterOptions};
 use sluice_core::rules::RuleSet;
 use sluice_core::stream::Record;
 use sluice_telemetry::metrics;
+
+use crate::config::{Config, OutputConfig};
+
+/// The routing options of a configuration, for the worker and the Lambda.
+pub fn router_options(config: &Config) -> RouterOptions {
+    RouterOptions {
+        source_stream: config.inbound.clone(),
+        max_record_bytes: config.router.max_record_bytes,
+        trace_context: sluice_telemetry::trace::enabled(),
+    }
+}
+
+/// How the router writes to the output stream `stream`: the router's retry,
+/// the output's aggregation.
+pub fn output_producer_config(config: &Config, stream: &str) -> ProducerConfig {
+    ProducerConfig {
+        backoff: config.router.retry.clone(),
+        aggregate_max_bytes: config
+            .outputs
+            .get(stream)
+            .and_then(OutputConfig::aggregation),
+        ..ProducerConfig::default()
+    }
+}
 
 /// Routes a batch and writes every output, returning once all were
 /// acknowledged. The caller may checkpoint the batch only after `Ok`.
