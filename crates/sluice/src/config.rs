@@ -877,6 +877,157 @@ impl Config {
 mod tests {
     use super::*;
 
+    /// Every key the configuration structs take, as `table.key` paths
+    /// (`sites.name`, `outputs.NAME.aggregate`), read off the `Debug` form
+    /// of `config`: a field's name is its key (no field is renamed), and a
+    /// field set to `None` is still printed. Routes, views and the
+    /// unmatched and dead-letter tables have their own sections.
+    fn struct_keys(config: &Config) -> std::collections::BTreeSet<String> {
+        let text = format!("{config:#?}");
+        let mut keys = std::collections::BTreeSet::new();
+        let mut segments: Vec<String> = Vec::new();
+        for line in text.lines() {
+            let depth = (line.len() - line.trim_start().len()) / 4;
+            let line = line.trim_start();
+            let (segment, named) = match line.split_once(": ") {
+                Some((name, _)) if name.starts_with('"') => ("NAME".to_owned(), false),
+                Some((name, _)) if name.chars().all(|c| c.is_ascii_lowercase() || c == '_') => {
+                    (name.to_owned(), true)
+                }
+                _ => (String::new(), false),
+            };
+            segments.truncate(depth);
+            while segments.len() < depth {
+                segments.push(String::new());
+            }
+            segments.push(segment);
+            if named {
+                let path: Vec<&str> = segments
+                    .iter()
+                    .filter(|s| !s.is_empty())
+                    .map(String::as_str)
+                    .collect();
+                if !matches!(path[0], "routes" | "views" | "unmatched" | "dead_letter") {
+                    keys.insert(path.join("."));
+                }
+            }
+        }
+        keys
+    }
+
+    /// Whether `key` is among `documented`, itself or (below the top
+    /// level) through a documented table it belongs to, as
+    /// `collector.retry` documents `collector.retry.base_ms`.
+    fn is_documented(key: &str, documented: &std::collections::BTreeSet<String>) -> bool {
+        let parts: Vec<&str> = key.split('.').collect();
+        (2..=parts.len()).any(|n| documented.contains(&parts[..n].join(".")))
+            || documented.contains(key)
+    }
+
+    #[test]
+    fn every_key_of_the_config_structs_is_in_sluice_toml_and_the_readme() {
+        let root = concat!(env!("CARGO_MANIFEST_DIR"), "/../..");
+        // A config with every optional table set, and one on AWS.
+        let full = r#"
+[backend]
+kind = "local"
+[faults]
+seed = 1
+[[sites]]
+name = "shop"
+write_key = "wk_shop_example"
+origins = ["https://shop.example.com"]
+rate_limit = { events_per_sec = 1, burst = 1 }
+[outputs.clicks]
+aggregate = true
+[unmatched]
+to = "clicks"
+"#;
+        let aws = "[backend]\nkind = \"aws\"\n";
+        let mut keys = struct_keys(&Config::parse(full, "full").unwrap());
+        keys.extend(struct_keys(&Config::parse(aws, "aws").unwrap()));
+        assert!(keys.contains("collector.retry.base_ms"), "{keys:?}");
+        assert!(keys.contains("backend.kinesis_endpoint"), "{keys:?}");
+        assert!(
+            keys.contains("outputs.NAME.aggregate_max_bytes"),
+            "{keys:?}"
+        );
+        assert!(keys.contains("sites.rate_limit.burst"), "{keys:?}");
+
+        // sluice.toml: every `key =` line, set or commented out, under the
+        // table header before it.
+        let example = std::fs::read_to_string(format!("{root}/sluice.toml")).unwrap();
+        let mut in_example = std::collections::BTreeSet::new();
+        let mut table = String::new();
+        for line in example.lines() {
+            let line = line.trim_start_matches('#').trim();
+            if let Some(header) = line.strip_prefix('[') {
+                let name = header.trim_start_matches('[');
+                table = name[..name.find(']').unwrap()].to_owned();
+                continue;
+            }
+            if let Some((key, _)) = line.split_once(" = ") {
+                let key = key.trim();
+                if key.chars().all(|c| c.is_ascii_lowercase() || c == '_') {
+                    let path = if table.is_empty() {
+                        key.to_owned()
+                    } else {
+                        format!("{table}.{key}")
+                    };
+                    // An output's table is named after its stream.
+                    let path = match path.strip_prefix("outputs.") {
+                        Some(rest) => format!("outputs.NAME.{}", rest.split_once('.').unwrap().1),
+                        None => path,
+                    };
+                    in_example.insert(path);
+                }
+            }
+        }
+        // The README's reference: every `key` in the section.
+        let readme = std::fs::read_to_string(format!("{root}/README.md")).unwrap();
+        let section = readme
+            .split("## Configuration reference")
+            .nth(1)
+            .and_then(|rest| rest.split("\n## ").next())
+            .unwrap();
+        let mut in_readme = std::collections::BTreeSet::new();
+        let mut faults = false;
+        for (i, quoted) in section.split('`').enumerate() {
+            if i % 2 == 1 {
+                let key = quoted.replace("[]", "");
+                if key == "[faults]" {
+                    faults = true;
+                } else if faults && !key.contains('.') {
+                    in_readme.insert(format!("faults.{key}"));
+                } else {
+                    in_readme.insert(key);
+                }
+            }
+        }
+
+        // Leaves only: a table is documented by its keys.
+        let keys: Vec<&String> = keys
+            .iter()
+            .filter(|k| !keys.iter().any(|other| other.starts_with(&format!("{k}."))))
+            .collect();
+        let missing_in_example: Vec<_> = keys
+            .iter()
+            .filter(|k| !is_documented(k, &in_example))
+            .collect();
+        assert!(
+            missing_in_example.is_empty(),
+            "not in sluice.toml: {missing_in_example:?}"
+        );
+        let missing_in_readme: Vec<_> = keys
+            .iter()
+            .filter(|k| !is_documented(k, &in_readme))
+            .collect();
+        assert!(
+            missing_in_readme.is_empty(),
+            "not in the README's reference: {missing_in_readme:?}"
+        );
+    }
+
     #[test]
     fn the_default_configuration_is_valid() {
         let config = Config::load(None).unwrap();
