@@ -259,6 +259,20 @@ async fn a_split_and_a_merge_on_kinesalite_with_leases_on_moto() {
     .await;
 }
 
+/// The stream's open shards, in hash key order.
+async fn open_shards(s: &Setup) -> Vec<sluice_core::stream::Shard> {
+    let mut open: Vec<_> = s
+        .streams
+        .list_shards(&s.stream)
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|s| s.is_open())
+        .collect();
+    open.sort_by_key(|s| s.hash_key_range.0);
+    open
+}
+
 /// Load, a split, more load, a merge, more load, with two workers reading
 /// all along: nothing lost, order per key kept.
 async fn split_and_merge(s: Setup) {
@@ -294,15 +308,7 @@ async fn split_and_merge(s: Setup) {
         .await
         .unwrap();
     phase(1).await;
-    let mut open: Vec<_> = s
-        .streams
-        .list_shards(&s.stream)
-        .await
-        .unwrap()
-        .into_iter()
-        .filter(|s| s.is_open())
-        .collect();
-    open.sort_by_key(|s| s.hash_key_range.0);
+    let open = open_shards(&s).await;
     assert_eq!(open.len(), 3);
     s.streams
         .merge_shards(&s.stream, &open[1].shard_id, &open[2].shard_id)
@@ -319,13 +325,9 @@ async fn split_and_merge(s: Setup) {
     check_order(&seen);
     // Lag and checkpoint age are reported for the open shards only: the
     // ended parents' series went with their readers.
-    let open: BTreeSet<String> = s
-        .streams
-        .list_shards(&s.stream)
+    let open: BTreeSet<String> = open_shards(&s)
         .await
-        .unwrap()
         .into_iter()
-        .filter(|s| s.is_open())
         .map(|s| s.shard_id)
         .collect();
     let reported = |def: &'static sluice_telemetry::registry::MetricDef| -> BTreeSet<String> {
