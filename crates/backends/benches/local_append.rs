@@ -1,6 +1,7 @@
 //! Local stream append with durable group commit: 1 KiB records, written by
 //! 8 concurrent callers in PutRecords calls of 500, next to what the disk
-//! itself does with a write + fdatasync of the same 500 KiB.
+//! itself does with a write + fdatasync of the same 500 KiB, and with what
+//! `dd bs=500k oflag=dsync` does.
 //!
 //! cargo bench -p sluice-backends --bench local_append
 
@@ -67,6 +68,34 @@ fn bench(c: &mut Criterion) {
         b.iter(|| {
             file.write_all(&chunk).unwrap();
             file.sync_data().unwrap();
+        })
+    });
+
+    // What `dd if=/dev/zero of=FILE bs=500k count=1000 oflag=dsync` does:
+    // synchronous (O_DSYNC) 500 KiB writes into a file started over every
+    // 1,000 writes.
+    const O_DSYNC: i32 = 0o10000; // Linux
+    let dd = dir.path().join("dd");
+    let mut file = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .create(true)
+            .write(true)
+            .truncate(true)
+            .custom_flags(O_DSYNC)
+            .open(&dd)
+            .unwrap()
+    };
+    let mut writes = 0u64;
+    group.bench_function("dd_oflag_dsync_500KiB", |b| {
+        b.iter(|| {
+            if writes.is_multiple_of(1000) {
+                use std::io::Seek;
+                file.set_len(0).unwrap();
+                file.rewind().unwrap();
+            }
+            writes += 1;
+            file.write_all(&chunk).unwrap();
         })
     });
     group.finish();
