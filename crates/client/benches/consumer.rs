@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sluice_backends::local::{LocalStreamOptions, LocalStreams, LocalTable};
+use sluice_backends::local::{LocalBackend, LocalStreamOptions};
 use sluice_client::consumer::{
     Batch, Checkpointer, ConsumerConfig, ProcessError, ProcessorFactory, RecordProcessor, Worker,
 };
@@ -91,15 +91,10 @@ async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let records: u64 = if full { 400_000 } else { 4_000 };
     let dir = tempfile::tempdir().unwrap();
-    let streams: Arc<dyn StreamBackend> = Arc::new(
-        LocalStreams::open(
-            dir.path().join("streams").as_path(),
-            LocalStreamOptions::default(),
-        )
-        .unwrap(),
-    );
+    let local = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
+    let streams: Arc<dyn StreamBackend> = local.streams.clone();
     let tables = Arc::new(Counting {
-        inner: Arc::new(LocalTable::open(&dir.path().join("tables.redb")).unwrap()),
+        inner: local.table.clone(),
         ops: Mutex::new(BTreeMap::new()),
     });
     streams.create_stream("events", 4).await.unwrap();

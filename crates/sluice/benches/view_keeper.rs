@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use sluice::views::{ViewConfig, Views};
-use sluice_backends::local::{LocalStreamOptions, LocalStreams, LocalTable};
+use sluice_backends::local::{LocalBackend, LocalStreamOptions};
 use sluice_client::{Producer, ProducerConfig};
 use sluice_core::envelope::EnvelopeBuilder;
 use sluice_core::sample::Sample;
@@ -33,15 +33,9 @@ async fn main() {
     let full = std::env::args().any(|a| a == "--bench");
     let events: u64 = if full { 400_000 } else { 4_000 };
     let dir = tempfile::tempdir().unwrap();
-    let streams: Arc<dyn StreamBackend> = Arc::new(
-        LocalStreams::open(
-            dir.path().join("streams").as_path(),
-            LocalStreamOptions::default(),
-        )
-        .unwrap(),
-    );
-    let tables: Arc<dyn TableBackend> =
-        Arc::new(LocalTable::open(&dir.path().join("tables.redb")).unwrap());
+    let local = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
+    let streams: Arc<dyn StreamBackend> = local.streams.clone();
+    let tables: Arc<dyn TableBackend> = local.table.clone();
     streams.create_stream("events", 4).await.unwrap();
     let producer = Producer::start(streams.clone(), "events", ProducerConfig::default())
         .await

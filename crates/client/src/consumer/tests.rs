@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use bytes::Bytes;
-use sluice_backends::local::{LocalStreamOptions, LocalStreams, LocalTable};
+use sluice_backends::local::{LocalBackend, LocalStreamOptions};
 use sluice_core::stream::PutRecord;
 use sluice_core::{StreamBackend, TableBackend};
 
@@ -60,7 +60,8 @@ fn factory(worker: &str, seen: &Arc<Seen>) -> Arc<dyn ProcessorFactory> {
 }
 
 struct Setup {
-    _dir: Option<tempfile::TempDir>,
+    /// The embedded store and its directory, when the test runs on one.
+    _dir: Option<(LocalBackend, tempfile::TempDir)>,
     streams: Arc<dyn StreamBackend>,
     tables: Arc<dyn TableBackend>,
     stream: String,
@@ -69,18 +70,12 @@ struct Setup {
 
 async fn setup(shards: u32) -> Setup {
     let dir = tempfile::tempdir().unwrap();
-    let streams: Arc<dyn StreamBackend> = Arc::new(
-        LocalStreams::open(
-            dir.path().join("streams").as_path(),
-            LocalStreamOptions::default(),
-        )
-        .unwrap(),
-    );
-    let tables: Arc<dyn TableBackend> =
-        Arc::new(LocalTable::open(&dir.path().join("tables.redb")).unwrap());
+    let local = LocalBackend::open(dir.path(), LocalStreamOptions::default()).unwrap();
+    let streams: Arc<dyn StreamBackend> = local.streams.clone();
+    let tables: Arc<dyn TableBackend> = local.table.clone();
     streams.create_stream("events", shards).await.unwrap();
     Setup {
-        _dir: Some(dir),
+        _dir: Some((local, dir)),
         streams,
         tables,
         stream: "events".into(),
