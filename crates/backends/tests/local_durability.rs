@@ -5,20 +5,25 @@
 
 use std::collections::HashSet;
 use std::io::{BufRead, BufReader, Write};
+use std::os::unix::fs::FileExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 
 use bytes::Bytes;
 use sluice_backends::conformance::stream::read_shard;
-use sluice_backends::local::log::{Disk, SyncWitness};
+use sluice_backends::local::log::{self, Disk, SyncWitness};
 use sluice_backends::local::{LocalStreamOptions, LocalStreams};
 use sluice_core::stream::{PutRecord, PutResult, StartPosition};
 use sluice_core::StreamBackend;
 use std::sync::Arc;
 
 fn open(dir: &Path) -> Arc<dyn StreamBackend> {
+    open_with(dir, 16 * 1024)
+}
+
+fn open_with(dir: &Path, segment_bytes: u64) -> Arc<dyn StreamBackend> {
     let options = LocalStreamOptions {
-        segment_bytes: 16 * 1024,
+        segment_bytes,
         ..Default::default()
     };
     Arc::new(LocalStreams::open(dir, options).expect("open streams"))
@@ -87,6 +92,17 @@ async fn reopening_keeps_every_record_across_segments_and_splits() {
         })
         .count();
     assert!(segments > 2, "the test spans several sealed segments");
+    for base in log::list_segments(&dir.path().join("s")).unwrap() {
+        let path = log::segment_path(&dir.path().join("s"), base);
+        if log::index_path(&dir.path().join("s"), base).exists() {
+            let len = std::fs::metadata(&path).unwrap().len();
+            assert_eq!(
+                len,
+                records_end(&path),
+                "a sealed segment is cut to its records"
+            );
+        }
+    }
 
     let backend = open(dir.path());
     assert_eq!(read_all(&backend, "s").await, before);
@@ -102,6 +118,12 @@ async fn reopening_keeps_every_record_across_segments_and_splits() {
     assert!(before.iter().all(|(s, _)| seq(s) < seq(&newest.0)));
 }
 
+/// Bytes of whole records at the start of a segment file.
+fn records_end(path: &Path) -> u64 {
+    let (_, valid, _) = log::scan_segment(&std::fs::read(path).unwrap(), 0);
+    valid as u64
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_torn_tail_is_cut_and_not_served() {
     let dir = tempfile::tempdir().unwrap();
@@ -111,13 +133,12 @@ async fn a_torn_tail_is_cut_and_not_served() {
         put_numbered(&backend, "s", 0..100).await;
     }
     let tail = last_segment(dir.path(), "s");
-    let clean_len = std::fs::metadata(&tail).unwrap().len();
-    // Half a frame: a length that promises more than is there.
-    let mut file = std::fs::OpenOptions::new()
-        .append(true)
-        .open(&tail)
+    let end = records_end(&tail);
+    // Half a frame right after the records: a length that promises more
+    // than is there.
+    let file = std::fs::OpenOptions::new().write(true).open(&tail).unwrap();
+    file.write_all_at(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6], end)
         .unwrap();
-    file.write_all(&[200, 0, 0, 0, 1, 2, 3, 4, 5, 6]).unwrap();
     drop(file);
 
     let backend = open(dir.path());
@@ -125,11 +146,43 @@ async fn a_torn_tail_is_cut_and_not_served() {
     assert_eq!(records.len(), 100);
     assert_eq!(
         std::fs::metadata(&tail).unwrap().len(),
-        clean_len,
+        end,
         "the torn bytes were cut"
     );
     put_numbered(&backend, "s", 100..110).await;
     assert_eq!(read_all(&backend, "s").await.len(), 110);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn zeros_after_the_records_are_a_clean_end_and_are_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let size = |path: &Path| std::fs::metadata(path).unwrap().len();
+    {
+        let backend = open_with(dir.path(), 64 * 1024 * 1024);
+        backend.create_stream("s", 1).await.unwrap();
+        put_numbered(&backend, "s", 0..100).await;
+    }
+    let tail = last_segment(dir.path(), "s");
+    let end = records_end(&tail);
+    // Small commits made room with zeros past their records.
+    assert!(
+        size(&tail) >= end + log::ZERO_AHEAD,
+        "{} {end}",
+        size(&tail)
+    );
+    let room = size(&tail);
+
+    let backend = open_with(dir.path(), 64 * 1024 * 1024);
+    assert_eq!(read_all(&backend, "s").await.len(), 100);
+    assert_eq!(size(&tail), room, "the zeros were kept, not cut");
+    put_numbered(&backend, "s", 100..110).await;
+    assert_eq!(size(&tail), room, "the new records went into the room");
+    drop(backend);
+
+    let backend = open_with(dir.path(), 64 * 1024 * 1024);
+    let records = read_all(&backend, "s").await;
+    assert_eq!(records.len(), 110);
+    assert!(records.iter().any(|(_, data)| data == "record-109"));
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

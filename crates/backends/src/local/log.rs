@@ -286,13 +286,31 @@ impl Disk {
     }
 }
 
+/// Zeros written ahead of the data when a small commit needs more room.
+pub const ZERO_AHEAD: u64 = 1024 * 1024;
+/// Commits up to this size make room with zeros; larger ones grow the file.
+const SMALL_COMMIT: usize = 64 * 1024;
+
 /// An open segment file for appending.
+///
+/// A sync of data that grows a file must also write the file's new size
+/// (on ext4, a second write the sync waits for), and that doubles the cost
+/// of the small commits a collector makes. So a small commit that needs
+/// room writes [`ZERO_AHEAD`] bytes of zeros past its data in the same
+/// sync; the commits that follow overwrite them, and their syncs write data
+/// only. Large commits grow the file, where the size costs little beside
+/// the data. The zeros past the data are a clean end to recovery (see
+/// [`clean_tail`]); a sealed segment is cut to its data.
 pub struct ActiveSegment {
     pub base_seq: u64,
     pub file: File,
+    /// Bytes of records.
     pub len: u64,
+    /// Bytes of the file: records, then zeros.
+    allocated: u64,
     path: PathBuf,
     pub disk: Disk,
+    zeros: Vec<u8>,
 }
 
 impl ActiveSegment {
@@ -301,52 +319,98 @@ impl ActiveSegment {
         let file = OpenOptions::new()
             .create_new(true)
             .read(true)
-            .append(true)
+            .write(true)
             .open(&path)?;
         disk.sync_dir(dir)?;
-        Ok(Self {
-            base_seq,
-            file,
-            len: 0,
-            path,
-            disk: disk.clone(),
-        })
+        Ok(Self::new(disk, path, base_seq, file, 0, 0))
     }
 
-    /// Reopens a recovered segment, cutting it to `valid_len` bytes.
-    pub fn reopen(disk: &Disk, dir: &Path, base_seq: u64, valid_len: u64) -> io::Result<Self> {
+    /// Reopens a recovered segment holding `valid_len` bytes of records.
+    /// What follows them is kept when it is zeros (room made earlier) and
+    /// cut otherwise.
+    pub fn reopen(
+        disk: &Disk,
+        dir: &Path,
+        base_seq: u64,
+        valid_len: u64,
+        tail_is_zeros: bool,
+    ) -> io::Result<Self> {
         let path = segment_path(dir, base_seq);
-        let file = OpenOptions::new().read(true).append(true).open(&path)?;
-        if file.metadata()?.len() != valid_len {
-            file.set_len(valid_len)?;
-            disk.sync_all(&file, &path, valid_len)?;
-        }
-        Ok(Self {
+        let file = OpenOptions::new().read(true).write(true).open(&path)?;
+        let file_len = file.metadata()?.len();
+        let allocated = if tail_is_zeros {
+            file_len
+        } else {
+            if file_len != valid_len {
+                file.set_len(valid_len)?;
+                disk.sync_all(&file, &path, valid_len)?;
+            }
+            valid_len
+        };
+        Ok(Self::new(disk, path, base_seq, file, valid_len, allocated))
+    }
+
+    fn new(
+        disk: &Disk,
+        path: PathBuf,
+        base_seq: u64,
+        file: File,
+        len: u64,
+        allocated: u64,
+    ) -> Self {
+        Self {
             base_seq,
             file,
-            len: valid_len,
+            len,
+            allocated,
             path,
             disk: disk.clone(),
-        })
+            zeros: Vec::new(),
+        }
     }
 
     /// Appends and syncs; on failure cuts the file back to where it was.
     pub fn append_durably(&mut self, bytes: &[u8]) -> io::Result<()> {
         let end = self.len + bytes.len() as u64;
-        let result = (&self.file)
-            .write_all(bytes)
-            .and_then(|_| self.disk.sync_data(&self.file, &self.path, end));
+        let room = (end > self.allocated && bytes.len() <= SMALL_COMMIT).then_some(ZERO_AHEAD);
+        let result = self.file.write_all_at(bytes, self.len).and_then(|()| {
+            if let Some(room) = room {
+                self.zeros.resize(room as usize, 0);
+                self.file.write_all_at(&self.zeros, end)?;
+            }
+            let synced = end + room.unwrap_or(0);
+            self.disk.sync_data(&self.file, &self.path, synced)?;
+            Ok(synced.max(self.allocated))
+        });
         match result {
-            Ok(()) => {
-                self.len += bytes.len() as u64;
+            Ok(allocated) => {
+                self.len = end;
+                self.allocated = allocated;
                 Ok(())
             }
             Err(e) => {
                 let _ = self.file.set_len(self.len);
+                self.allocated = self.len;
                 Err(e)
             }
         }
     }
+
+    /// Cuts the zeros past the records, for a segment being sealed.
+    pub fn seal(&mut self) -> io::Result<()> {
+        if self.allocated > self.len {
+            self.file.set_len(self.len)?;
+            self.disk.sync_all(&self.file, &self.path, self.len)?;
+            self.allocated = self.len;
+        }
+        Ok(())
+    }
+}
+
+/// Whether what follows a segment's valid records is zeros only: room a
+/// small commit made (see [`ActiveSegment`]), not a torn write.
+pub fn clean_tail(tail: &[u8]) -> bool {
+    tail.iter().all(|&b| b == 0)
 }
 
 /// Reads `len` bytes at `offset` of an open segment.

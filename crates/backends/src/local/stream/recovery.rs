@@ -31,8 +31,10 @@ pub(super) fn recover(
             _ => {
                 let bytes = fs::read(&path).map_err(storage)?;
                 let (entries, valid, error) = log::scan_segment(&bytes, base);
+                let zeros = log::clean_tail(&bytes[valid..]);
                 match (error, last) {
                     (None, _) => {}
+                    (Some(_), true) if zeros => {}
                     (Some(e), true) => tracing::warn!(
                         segment = %path.display(), valid_bytes = valid, cut_bytes = bytes.len() - valid,
                         reason = ?e, "cut a torn tail from the last segment"
@@ -46,7 +48,7 @@ pub(super) fn recover(
                 }
                 if last {
                     active = Some(
-                        ActiveSegment::reopen(&options.disk, dir, base, valid as u64)
+                        ActiveSegment::reopen(&options.disk, dir, base, valid as u64, zeros)
                             .map_err(storage)?,
                     );
                 }

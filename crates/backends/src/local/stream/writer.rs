@@ -163,6 +163,7 @@ impl Writer {
     fn roll(&mut self) -> std::io::Result<()> {
         let dir = self.shared.dir.clone();
         let disk = &self.shared.disk;
+        self.active.seal()?;
         log::write_index(disk, &dir, self.active.base_seq, &self.active_entries)?;
         let next = ActiveSegment::create(disk, &dir, self.next_seq)?;
         let file = File::open(log::segment_path(&dir, self.next_seq))?;

@@ -202,8 +202,16 @@ impl Clock for SystemClock {
     fn now(&self) -> String {
         format_ts(chrono::Utc::now())
     }
+    /// A UUIDv7: the time in milliseconds, then 74 random bits from the
+    /// thread's generator (seeded from the system, never a call per id).
     fn new_id(&self) -> String {
-        uuid::Uuid::now_v7().to_string()
+        let millis = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64);
+        let random: [u8; 10] = rand::random();
+        uuid::Builder::from_unix_timestamp_millis(millis, &random)
+            .into_uuid()
+            .to_string()
     }
 }
 
@@ -221,6 +229,26 @@ pub fn format_ts(at: chrono::DateTime<chrono::Utc>) -> String {
 mod tests {
     use super::*;
     use sluice_core::envelope::{decode, HeaderValue};
+
+    #[test]
+    fn system_ids_are_distinct_uuid_v7_in_time_order() {
+        let before = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_millis() as u64;
+        let ids: Vec<uuid::Uuid> = (0..10_000)
+            .map(|_| SystemClock.new_id().parse().unwrap())
+            .collect();
+        assert!(ids.iter().all(|id| id.get_version_num() == 7));
+        let distinct: std::collections::HashSet<_> = ids.iter().collect();
+        assert_eq!(distinct.len(), ids.len());
+        let millis = |id: &uuid::Uuid| {
+            let (secs, nanos) = id.get_timestamp().unwrap().to_unix();
+            secs * 1000 + u64::from(nanos) / 1_000_000
+        };
+        assert!(millis(&ids[0]) >= before);
+        assert!(ids.windows(2).all(|w| millis(&w[0]) <= millis(&w[1])));
+    }
 
     fn rules() -> IngestRules {
         IngestRules {
