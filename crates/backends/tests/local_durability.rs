@@ -439,6 +439,12 @@ async fn a_crash_that_loses_what_was_not_synced_keeps_every_acknowledged_record(
     }
     let acknowledged = read_all(&backend, "s").await;
     assert_eq!(acknowledged.len(), 4000);
+    // A stream whose last commit wrote into room an earlier one made.
+    backend.create_stream("t", 1).await.unwrap();
+    put_numbered(&backend, "t", 0..1).await;
+    put_numbered(&backend, "t", 1..2).await;
+    let small = read_all(&backend, "t").await;
+    assert_eq!(small.len(), 2);
     drop(backend);
 
     // Bytes written but never synced are what the crash takes.
@@ -450,9 +456,14 @@ async fn a_crash_that_loses_what_was_not_synced_keeps_every_acknowledged_record(
         .unwrap()
         .write_all(b"written, never synced")
         .unwrap();
+    let t_segment = last_segment(&root, "t");
+    let t_len = std::fs::metadata(&t_segment).unwrap().len();
     syncs.crash(&root);
     assert_eq!(std::fs::metadata(&segment).unwrap().len(), synced_len);
+    // Its zeros were synced by its first commit: the crash keeps them.
+    assert_eq!(std::fs::metadata(&t_segment).unwrap().len(), t_len);
 
     let reopened = open(&root);
     assert_eq!(read_all(&reopened, "s").await, acknowledged);
+    assert_eq!(read_all(&reopened, "t").await, small);
 }

@@ -378,9 +378,10 @@ impl ActiveSegment {
                 self.zeros.resize(room as usize, 0);
                 self.file.write_all_at(&self.zeros, end)?;
             }
-            let synced = end + room.unwrap_or(0);
+            // Zeros made room for by an earlier sync are durable too.
+            let synced = (end + room.unwrap_or(0)).max(self.allocated);
             self.disk.sync_data(&self.file, &self.path, synced)?;
-            Ok(synced.max(self.allocated))
+            Ok(synced)
         });
         match result {
             Ok(allocated) => {
