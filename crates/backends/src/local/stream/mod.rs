@@ -169,10 +169,20 @@ struct Shared {
     state: RwLock<State>,
 }
 
+/// Where the writer put the records of one call: consecutive sequence
+/// numbers from `first_seq`, each in its shard.
+struct Placed {
+    first_seq: u64,
+    shards: Vec<u32>,
+}
+
 enum Command {
     Put {
         records: Vec<PutRecord>,
-        reply: oneshot::Sender<Result<Vec<PutResult>, StreamError>>,
+        /// Each record's hash key, worked out by the caller: the writer
+        /// thread does only what must be done in log order.
+        hashes: Vec<u128>,
+        reply: oneshot::Sender<Result<Placed, StreamError>>,
     },
     Split {
         shard: u32,
@@ -451,8 +461,23 @@ impl StreamBackend for LocalStreams {
         records: Vec<PutRecord>,
     ) -> Result<Vec<PutResult>, StreamError> {
         validate_put(&records)?;
-        self.command(name, |reply| Command::Put { records, reply })
-            .await
+        let hashes = records.iter().map(PutRecord::hash_key).collect();
+        let placed = self
+            .command(name, |reply| Command::Put {
+                records,
+                hashes,
+                reply,
+            })
+            .await?;
+        Ok(placed
+            .shards
+            .iter()
+            .zip(placed.first_seq..)
+            .map(|(&shard, seq)| PutResult::Ok {
+                shard_id: shard_id(shard),
+                sequence_number: SequenceNumber::from_u64(seq),
+            })
+            .collect())
     }
 
     async fn get_shard_iterator(

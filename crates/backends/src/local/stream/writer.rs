@@ -43,22 +43,33 @@ struct Writer {
     buf: Vec<u8>,
 }
 
-type PutReply = oneshot::Sender<Result<Vec<PutResult>, StreamError>>;
+type PutReply = oneshot::Sender<Result<Placed, StreamError>>;
+
+/// The records of one call, their hash keys, and where to answer.
+type Put = (Vec<PutRecord>, Vec<u128>, PutReply);
 
 impl Writer {
     fn run(mut self, mut rx: mpsc::Receiver<Command>) {
-        let mut group: Vec<(Vec<PutRecord>, PutReply)> = Vec::new();
+        let mut group: Vec<Put> = Vec::new();
         let mut control: Option<Command> = None;
         while let Some(first) = control.take().or_else(|| rx.blocking_recv()) {
             match first {
-                Command::Put { records, reply } => {
+                Command::Put {
+                    records,
+                    hashes,
+                    reply,
+                } => {
                     let mut bytes: usize = records.iter().map(|r| r.data.len()).sum();
-                    group.push((records, reply));
+                    group.push((records, hashes, reply));
                     while bytes < MAX_GROUP_BYTES {
                         match rx.try_recv() {
-                            Ok(Command::Put { records, reply }) => {
+                            Ok(Command::Put {
+                                records,
+                                hashes,
+                                reply,
+                            }) => {
                                 bytes += records.iter().map(|r| r.data.len()).sum::<usize>();
-                                group.push((records, reply));
+                                group.push((records, hashes, reply));
                             }
                             Ok(other) => {
                                 control = Some(other);
@@ -84,7 +95,7 @@ impl Writer {
         }
     }
 
-    fn commit(&mut self, group: &mut Vec<(Vec<PutRecord>, PutReply)>) {
+    fn commit(&mut self, group: &mut Vec<Put>) {
         let arrival = now_ms().max(self.last_arrival);
         let open = self
             .shared
@@ -93,15 +104,14 @@ impl Writer {
             .expect("state lock")
             .meta
             .open_ranges();
-        let first_seq = self.next_seq;
-        let mut seq = first_seq;
+        let mut seq = self.next_seq;
         let mut entries = Vec::new();
         let mut results = Vec::with_capacity(group.len());
         self.buf.clear();
-        for (records, _) in group.iter() {
-            let mut answers = Vec::with_capacity(records.len());
-            for record in records {
-                let hash = record.hash_key();
+        for (records, hashes, _) in group.iter() {
+            let mut shards = Vec::with_capacity(records.len());
+            let call_first = seq;
+            for (record, &hash) in records.iter().zip(hashes) {
                 let at = open.partition_point(|(start, _, _)| *start <= hash) - 1;
                 let shard = open[at].2;
                 let offset = self.active.len as usize + self.buf.len();
@@ -121,17 +131,17 @@ impl Writer {
                     offset: offset as u32,
                     len: len as u32,
                 });
-                answers.push(PutResult::Ok {
-                    shard_id: shard_id(shard),
-                    sequence_number: SequenceNumber::from_u64(seq),
-                });
+                shards.push(shard);
                 seq += 1;
             }
-            results.push(answers);
+            results.push(Placed {
+                first_seq: call_first,
+                shards,
+            });
         }
         if let Err(e) = self.active.append_durably(&self.buf) {
             tracing::error!(stream = %self.shared.name, error = %e, "append failed; nothing acknowledged");
-            for (_, reply) in group.drain(..) {
+            for (_, _, reply) in group.drain(..) {
                 let _ = reply.send(Err(storage(format!("append failed: {e}"))));
             }
             return;
@@ -149,8 +159,8 @@ impl Writer {
             }
         }
         self.active_entries.extend_from_slice(&entries);
-        for ((_, reply), answers) in group.drain(..).zip(results) {
-            let _ = reply.send(Ok(answers));
+        for ((_, _, reply), placed) in group.drain(..).zip(results) {
+            let _ = reply.send(Ok(placed));
         }
         if self.active.len >= self.segment_bytes {
             if let Err(e) = self.roll() {
