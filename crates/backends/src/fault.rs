@@ -61,13 +61,18 @@ impl FaultyStreams {
     }
 
     fn roll(&self, rate: f64) -> bool {
-        rate > 0.0 && self.rng.lock().expect("rng lock").gen_bool(rate.min(1.0))
+        rate > 0.0
+            && self
+                .rng
+                .lock()
+                .expect("rng lock")
+                .random_bool(rate.min(1.0))
     }
 
     async fn maybe_delay(&self) {
         if self.roll(self.faults.delay_rate) {
             let nanos = self.faults.max_delay.as_nanos() as u64;
-            let pause = self.rng.lock().expect("rng lock").gen_range(0..=nanos);
+            let pause = self.rng.lock().expect("rng lock").random_range(0..=nanos);
             tokio::time::sleep(Duration::from_nanos(pause)).await;
         }
     }

@@ -154,12 +154,12 @@ impl Sample {
     }
 
     fn pick<'a>(&mut self, items: &[&'a str]) -> &'a str {
-        items[self.rng.gen_range(0..items.len())]
+        items[self.rng.random_range(0..items.len())]
     }
 
     fn kind(&mut self) -> &'static str {
         let total: u32 = MIX.iter().map(|(_, w)| w).sum();
-        let mut roll = self.rng.gen_range(0..total);
+        let mut roll = self.rng.random_range(0..total);
         for (kind, weight) in MIX {
             if roll < weight {
                 return kind;
@@ -171,26 +171,26 @@ impl Sample {
 
     /// A price in cents, as euros with two decimals.
     fn euros(&mut self, cents: std::ops::Range<u32>) -> f64 {
-        f64::from(self.rng.gen_range(cents)) / 100.0
+        f64::from(self.rng.random_range(cents)) / 100.0
     }
 
     fn sku(&mut self) -> String {
-        format!("SKU-{:05}", self.rng.gen_range(1..=300))
+        format!("SKU-{:05}", self.rng.random_range(1..=300))
     }
 
     fn order(&mut self) -> (f64, Value) {
-        let count = self.rng.gen_range(1..=5);
+        let count = self.rng.random_range(1..=5);
         let mut total_cents = 0u64;
         let items: Vec<Value> = (0..count)
             .map(|_| {
-                let cents = self.rng.gen_range(508..40_000u32);
-                let qty = self.rng.gen_range(1..=2u32);
+                let cents = self.rng.random_range(508..40_000u32);
+                let qty = self.rng.random_range(1..=2u32);
                 total_cents += u64::from(cents * qty);
                 json!({"sku": self.sku(), "price": f64::from(cents) / 100.0, "qty": qty})
             })
             .collect();
         let amount = total_cents as f64 / 100.0;
-        let order_id = format!("o-{:012x}", self.rng.gen::<u64>() >> 16);
+        let order_id = format!("o-{:012x}", self.rng.random::<u64>() >> 16);
         let payment = self.pick(&PAYMENTS);
         let payload = json!({
             "order_id": order_id, "amount": amount, "currency": "EUR",
@@ -204,15 +204,15 @@ impl Iterator for Sample {
     type Item = SampleEvent;
 
     fn next(&mut self) -> Option<SampleEvent> {
-        self.clock_ms += self.rng.gen_range(0..=40);
+        self.clock_ms += self.rng.random_range(0..=40);
         let kind = self.kind();
-        let user = self.rng.gen_range(1..=USERS);
+        let user = self.rng.random_range(1..=USERS);
         let mut headers = Map::new();
         headers.insert("region".into(), self.pick(&REGIONS).into());
         headers.insert("channel".into(), self.pick(&CHANNELS).into());
         headers.insert(
             "ab_bucket".into(),
-            (if self.rng.gen_bool(0.5) { "a" } else { "b" }).into(),
+            (if self.rng.random_bool(0.5) { "a" } else { "b" }).into(),
         );
         let url = self.pick(&PAGES);
         let payload = match kind {
@@ -225,20 +225,20 @@ impl Iterator for Sample {
                 "locale": self.pick(&LOCALES),
             }),
             "click" => {
-                let (element, text) = CLICKS[self.rng.gen_range(0..CLICKS.len())];
+                let (element, text) = CLICKS[self.rng.random_range(0..CLICKS.len())];
                 json!({"url": url, "element": element, "text": text})
             }
             "add_to_cart" => json!({
                 "sku": self.sku(),
                 "price": self.euros(508..40_000),
-                "qty": self.rng.gen_range(1..=3),
+                "qty": self.rng.random_range(1..=3),
                 "currency": "EUR",
             }),
             "search" => json!({
                 "query": self.pick(&QUERIES),
-                "results": self.rng.gen_range(0..120),
+                "results": self.rng.random_range(0..120),
             }),
-            "heartbeat" => json!({"visible_ms": self.rng.gen_range(1_000..60_000)}),
+            "heartbeat" => json!({"visible_ms": self.rng.random_range(1_000..60_000)}),
             "signup" => json!({
                 "plan": self.pick(&PLANS),
                 "source": self.pick(&SIGNUP_SOURCES),
@@ -250,10 +250,10 @@ impl Iterator for Sample {
             }
             other => unreachable!("{other} is not in the mix"),
         };
-        if self.rng.gen_bool(0.195) {
+        if self.rng.random_bool(0.195) {
             headers.insert("tier".into(), self.pick(&TIERS).into());
         }
-        if matches!(kind, "purchase" | "refund") && self.rng.gen_bool(0.19) {
+        if matches!(kind, "purchase" | "refund") && self.rng.random_bool(0.19) {
             headers.insert("coupon".into(), self.pick(&COUPONS).into());
         }
         Some(SampleEvent {

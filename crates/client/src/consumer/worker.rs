@@ -6,7 +6,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 
-use rand::seq::SliceRandom;
+use rand::seq::{IndexedRandom, SliceRandom};
 use tokio::sync::watch;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -398,7 +398,7 @@ impl State {
         if mine >= target {
             return problem;
         }
-        expired.shuffle(&mut rand::thread_rng());
+        expired.shuffle(&mut rand::rng());
         let mut wanted = target - mine;
         let mut failed = None;
         for lease in expired {
@@ -427,7 +427,7 @@ impl State {
                 .max_by_key(|(_, l)| l.len())
                 .filter(|(_, leases)| leases.len() > target)
                 .and_then(|(owner, leases)| {
-                    let lease = leases.choose(&mut rand::thread_rng()).cloned()?;
+                    let lease = leases.choose(&mut rand::rng()).cloned()?;
                     Some((owner, lease))
                 });
             if let Some((owner, lease)) = victim {
