@@ -35,6 +35,34 @@ pub fn even_ranges(count: u32) -> Vec<(u128, u128)> {
         .collect()
 }
 
+/// A hasher for keys that are already uniform hashes (64 bits of an MD5, a
+/// keyed SipHash): their bits pass through instead of being hashed again.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct Prehashed(u64);
+
+impl std::hash::Hasher for Prehashed {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+
+    fn write(&mut self, bytes: &[u8]) {
+        for &b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(b);
+        }
+    }
+
+    fn write_u64(&mut self, key: u64) {
+        self.0 = key;
+    }
+
+    fn write_u128(&mut self, key: u128) {
+        self.0 = (key as u64) ^ ((key >> 64) as u64);
+    }
+}
+
+/// Builds [`Prehashed`] hashers, for maps and sets of hashed keys.
+pub type BuildPrehashed = std::hash::BuildHasherDefault<Prehashed>;
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -3,6 +3,7 @@
 //! into KPL aggregates when the producer aggregates.
 
 use super::*;
+use sluice_core::hash::BuildPrehashed;
 
 /// One PutRecords entry: a user record, or several of one lane packed into
 /// a KPL aggregate that succeeds or fails as one.
@@ -24,7 +25,7 @@ impl Entry {
 pub(super) struct CallBuilder {
     pub(super) entries: Vec<Entry>,
     /// Partition keys in the call: a key appears in one entry at most.
-    pub(super) keys: HashSet<u64, BuildHasherDefault<KeyHasher>>,
+    pub(super) keys: HashSet<u64, BuildPrehashed>,
     pub(super) bytes: usize,
     pub(super) max_entries: usize,
     pub(super) max_bytes: usize,
@@ -48,26 +49,6 @@ impl CallBuilder {
             self.keys.insert(member.key);
         }
         self.entries.push(entry);
-    }
-}
-
-/// Hashes a [`Pending::key`] to itself: it is already 64 bits of an MD5.
-#[derive(Default)]
-pub(super) struct KeyHasher(u64);
-
-impl Hasher for KeyHasher {
-    fn finish(&self) -> u64 {
-        self.0
-    }
-
-    fn write(&mut self, bytes: &[u8]) {
-        for &b in bytes {
-            self.0 = self.0.rotate_left(8) ^ u64::from(b);
-        }
-    }
-
-    fn write_u64(&mut self, key: u64) {
-        self.0 = key;
     }
 }
 

@@ -420,7 +420,10 @@ pub async fn post_events(
             .collect();
         let present: Vec<recent::EventKey> = keys.iter().flatten().copied().collect();
         let mut seen = collector.recent.seen(&present).into_iter();
-        let mut in_request = std::collections::HashSet::new();
+        let mut in_request = std::collections::HashSet::with_capacity_and_hasher(
+            keys.len(),
+            sluice_core::hash::BuildPrehashed::default(),
+        );
         let mut keep = Vec::with_capacity(count);
         for key in &keys {
             keep.push(match key {

@@ -16,6 +16,8 @@ use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
+use sluice_core::hash::BuildPrehashed;
+
 /// A remembered event: a keyed 128-bit hash of its site and id.
 pub type EventKey = u128;
 
@@ -29,7 +31,8 @@ pub struct RecentEvents {
 #[derive(Default)]
 struct Inner {
     /// When each key was remembered, and the number of that remembering.
-    seen: HashMap<EventKey, (Instant, u64)>,
+    /// The keys are keyed hashes already: they are not hashed again.
+    seen: HashMap<EventKey, (Instant, u64), BuildPrehashed>,
     /// In the order remembered; an entry whose number no longer matches
     /// `seen` was remembered again later.
     order: VecDeque<(EventKey, u64)>,
