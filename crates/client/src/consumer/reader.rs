@@ -248,10 +248,6 @@ impl ShardReader {
         let (mut position, mut skip) = Self::start_of(&start);
         let mut iterator: Option<String> = None;
         let mut expired = false;
-        let behind = metrics::CONSUMER_MILLIS_BEHIND.gauge(&[
-            ("application", &config.application),
-            ("shard", &self.shard_id),
-        ]);
         let processed = metrics::CONSUMER_RECORDS.counter(&[("application", &config.application)]);
         let mut last_read = tokio::time::Instant::now() - self.shared.streams.min_read_interval();
         loop {
@@ -306,7 +302,15 @@ impl ShardReader {
             };
             attempt = 0;
             expired = false;
-            behind.set(page.millis_behind_latest.unwrap_or(0) as i64);
+            // Looked up at each page, not held: when a lease moves between
+            // workers of one process, the reader that ended removes the
+            // shard's series, and the one reading now puts it back.
+            metrics::CONSUMER_MILLIS_BEHIND
+                .gauge(&[
+                    ("application", &config.application),
+                    ("shard", &self.shard_id),
+                ])
+                .set(page.millis_behind_latest.unwrap_or(0) as i64);
             let records = user_records(&self.shard_id, page.records, &mut skip);
             let idle = records.is_empty();
             if let Some(last) = records.last() {
