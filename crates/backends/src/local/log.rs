@@ -298,9 +298,10 @@ const SMALL_COMMIT: usize = 64 * 1024;
 /// of the small commits a collector makes. So a small commit that needs
 /// room writes [`ZERO_AHEAD`] bytes of zeros past its data in the same
 /// sync; the commits that follow overwrite them, and their syncs write data
-/// only. Large commits grow the file, where the size costs little beside
-/// the data. The zeros past the data are a clean end to recovery (see
-/// [`clean_tail`]); a sealed segment is cut to its data.
+/// only. Large commits grow the file: zeros ahead of them would cost as
+/// much copying as their data, on a writer thread short of CPU rather
+/// than of disk there. The zeros past the data are a clean end to recovery
+/// (see [`clean_tail`]); a sealed segment is cut to its data.
 pub struct ActiveSegment {
     pub base_seq: u64,
     pub file: File,
