@@ -50,19 +50,29 @@ end
 
 id = 0
 
+-- Without unique ids every request is formatted once, here, where wrk
+-- has set the Host header.
+function init(args)
+  if not unique_ids then
+    for i, body in ipairs(bodies) do
+      bodies[i] = wrk.format("POST", path, headers, body)
+    end
+  end
+end
+
 local next_body = 0
 function request()
   next_body = next_body + 1
   local body = bodies[((next_body + (offset or 0)) % #bodies) + 1]
-  if unique_ids then
-    local parts = {}
-    for i, tail in ipairs(body) do
-      id = id + 1
-      parts[i] = '{"event_id":"' .. prefix .. id .. '",' .. tail
-    end
-    body = table.concat(parts, "\n")
+  if not unique_ids then
+    return body
   end
-  return wrk.format("POST", path, headers, body)
+  local parts = {}
+  for i, tail in ipairs(body) do
+    id = id + 1
+    parts[i] = '{"event_id":"' .. prefix .. id .. '",' .. tail
+  end
+  return wrk.format("POST", path, headers, table.concat(parts, "\n"))
 end
 
 function done(summary, latency, requests)
