@@ -51,28 +51,43 @@ end
 id = 0
 
 -- Without unique ids every request is formatted once, here, where wrk
--- has set the Host header.
+-- has set the Host header; with them, the head up to the body's length.
+local head
 function init(args)
   if not unique_ids then
     for i, body in ipairs(bodies) do
       bodies[i] = wrk.format("POST", path, headers, body)
     end
+  else
+    local lines = { "POST " .. path .. " HTTP/1.1", "Host: " .. wrk.headers["Host"] }
+    for name, value in pairs(headers) do
+      lines[#lines + 1] = name .. ": " .. value
+    end
+    head = table.concat(lines, "\r\n") .. "\r\nContent-Length: "
   end
 end
 
 local next_body = 0
+local parts = {}
 function request()
   next_body = next_body + 1
   local body = bodies[((next_body + (offset or 0)) % #bodies) + 1]
   if not unique_ids then
     return body
   end
-  local parts = {}
+  -- One join per request: the events' ids are pieces of the same list.
+  local n = 0
   for i, tail in ipairs(body) do
     id = id + 1
-    parts[i] = '{"event_id":"' .. prefix .. id .. '",' .. tail
+    parts[n + 1] = i == 1 and '{"event_id":"' or '\n{"event_id":"'
+    parts[n + 2] = prefix
+    parts[n + 3] = id
+    parts[n + 4] = '",'
+    parts[n + 5] = tail
+    n = n + 5
   end
-  return wrk.format("POST", path, headers, table.concat(parts, "\n"))
+  local text = table.concat(parts, "", 1, n)
+  return head .. #text .. "\r\n\r\n" .. text
 end
 
 function done(summary, latency, requests)
