@@ -20,7 +20,7 @@ use sluice_core::{StreamBackend, StreamError, TableBackend, TableError};
 use crate::auth::{require_token, Tokens};
 use crate::collector::recent::RecentEvents;
 use crate::collector::sites::Sites;
-use crate::collector::{ingest::IngestRules, post_events, Collector};
+use crate::collector::{ingest::IngestRules, Collector};
 use crate::config::{AwsBackendConfig, BackendConfig, Config};
 use crate::health::{BackendProbe, Health};
 use crate::http::HttpLimits;
@@ -310,20 +310,12 @@ pub fn http_routes(
         live,
         views,
     } = read;
-    let authorize = middleware::from_fn_with_state(
-        (collector.clone(), tokens.clone()),
-        crate::collector::authorize,
-    );
-    // Measured outermost, so refused writers count too.
     let collector_routes = Router::new()
         .route(
             "/v1/events",
-            post(post_events)
-                .route_layer(authorize)
-                .options(crate::collector::preflight),
+            post(crate::collector::endpoint).options(crate::collector::preflight),
         )
-        .route_layer(middleware::from_fn(crate::collector::measure))
-        .with_state(collector.clone());
+        .with_state((collector.clone(), tokens.clone()));
     let reader = (tokens, collector);
     let streams_for_views = streams.clone();
     let api_routes = Router::new()

@@ -15,9 +15,8 @@ use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode, Uri};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use axum::{Extension, Json};
+use axum::Json;
 use bytes::Bytes;
 use tokio::sync::Semaphore;
 
@@ -122,13 +121,41 @@ pub enum Writer {
     Server,
 }
 
-/// Counts every collector request by status and times it to its answer.
-pub async fn measure(request: Request, next: Next) -> Response {
+/// `POST /v1/events` from request to answer: who writes is told and
+/// checked ([`authorize`]), the events are taken ([`post_events`]), and the
+/// answer is counted and timed ([`measure`]). Plain calls rather than route
+/// layers, as this is the collector's hot path.
+pub async fn endpoint(
+    State((collector, tokens)): State<(Arc<Collector>, Tokens)>,
+    request: Request,
+) -> Response {
+    let started = Instant::now();
+    let response = match authorize(&collector, &tokens, &request) {
+        Ok(writer) => {
+            // A site's allowed origin may read every answer, errors included.
+            let origin = match &writer {
+                Writer::Site { .. } => request.headers().get(header::ORIGIN).cloned(),
+                Writer::Server => None,
+            };
+            let mut response = post_events(&collector, writer, request)
+                .await
+                .into_response();
+            if let Some(origin) = &origin {
+                sites::allow_origin(response.headers_mut(), origin);
+            }
+            response
+        }
+        Err(e) => e.into_response(),
+    };
+    measure(started, &response);
+    response
+}
+
+/// Counts a collector answer by status and times it from `started`.
+fn measure(started: Instant, response: &Response) {
     static DURATION: OnceLock<Histogram> = OnceLock::new();
     /// A counter per status code, looked up once each.
     static BY_STATUS: [OnceLock<Counter>; 500] = [const { OnceLock::new() }; 500];
-    let started = Instant::now();
-    let response = next.run(request).await;
     DURATION
         .get_or_init(|| metrics::COLLECTOR_REQUEST_DURATION.histogram(&[]))
         .observe(started.elapsed());
@@ -137,7 +164,6 @@ pub async fn measure(request: Request, next: Next) -> Response {
         metrics::COLLECTOR_REQUESTS.counter(&[("status", response.status().as_str())])
     });
     counter.inc();
-    response
 }
 
 fn reject_reason(reason: &str) {
@@ -146,27 +172,23 @@ fn reject_reason(reason: &str) {
         .inc();
 }
 
-/// Middleware of `POST /v1/events`: tells who writes, and refuses who may
-/// not. A write key must be a site's (401) and a browser's `Origin` one of
-/// that site's (403); the answer to an allowed origin carries its CORS
-/// headers, errors included, so the page can read them. Without a write
-/// key, a bearer token is checked as for every `/v1` route.
-pub async fn authorize(
-    State((collector, tokens)): State<(Arc<Collector>, Tokens)>,
-    mut request: Request,
-    next: Next,
-) -> Result<Response, AppError> {
+/// Who writes `request`, or why they may not. A write key must be a
+/// site's (401) and a browser's `Origin` one of that site's (403). Without
+/// a write key, a bearer token is checked as for every `/v1` route.
+pub fn authorize(
+    collector: &Collector,
+    tokens: &Tokens,
+    request: &Request,
+) -> Result<Writer, AppError> {
     let Some(key) = sites::write_key(request.uri(), request.headers()) else {
         tokens.check(request.headers())?;
-        request.extensions_mut().insert(Writer::Server);
-        return Ok(next.run(request).await);
+        return Ok(Writer::Server);
     };
     let site = collector.sites.by_key(key).cloned().ok_or_else(|| {
         reject_reason("unknown_write_key");
         AppError::Unauthorized("unknown write key".into())
     })?;
-    let origin = request.headers().get(header::ORIGIN).cloned();
-    if let Some(origin) = &origin {
+    if let Some(origin) = request.headers().get(header::ORIGIN) {
         let text = origin.to_str().unwrap_or("");
         if !site.allows_origin(text) {
             reject_reason("origin_not_allowed");
@@ -180,14 +202,7 @@ pub async fn authorize(
         .get::<ConnectInfo<SocketAddr>>()
         .map(|ConnectInfo(peer)| *peer);
     let client = collector.sites.client_address(peer, request.headers());
-    request
-        .extensions_mut()
-        .insert(Writer::Site { site, client });
-    let mut response = next.run(request).await;
-    if let Some(origin) = &origin {
-        sites::allow_origin(response.headers_mut(), origin);
-    }
-    Ok(response)
+    Ok(Writer::Site { site, client })
 }
 
 /// `OPTIONS /v1/events`: the CORS preflight. Answered for an allowed origin
@@ -196,15 +211,26 @@ pub async fn authorize(
 /// the tracker sends; anything else gets 403 and no CORS headers, which
 /// the browser takes as a refusal.
 pub async fn preflight(
-    State(collector): State<Arc<Collector>>,
+    State((collector, _)): State<(Arc<Collector>, Tokens)>,
     uri: Uri,
     headers: HeaderMap,
+) -> Response {
+    let started = Instant::now();
+    let response = preflight_answer(&collector, &uri, &headers).into_response();
+    measure(started, &response);
+    response
+}
+
+fn preflight_answer(
+    collector: &Collector,
+    uri: &Uri,
+    headers: &HeaderMap,
 ) -> Result<Response, AppError> {
     let origin = headers
         .get(header::ORIGIN)
         .ok_or_else(|| AppError::BadRequest("a CORS preflight names its Origin".into()))?;
     let text = origin.to_str().unwrap_or("");
-    let allowed = match sites::write_key(&uri, &headers) {
+    let allowed = match sites::write_key(uri, headers) {
         Some(key) => collector
             .sites
             .by_key(key)
@@ -216,7 +242,7 @@ pub async fn preflight(
             "origin {text:?} may not send events here"
         )));
     }
-    sites::check_preflight(&headers).map_err(AppError::Forbidden)?;
+    sites::check_preflight(headers).map_err(AppError::Forbidden)?;
     let mut response = StatusCode::NO_CONTENT.into_response();
     let answer = response.headers_mut();
     sites::allow_origin(answer, origin);
@@ -298,10 +324,10 @@ async fn read_body(
     Ok(Bytes::from(plain))
 }
 
-/// `POST /v1/events`.
-pub async fn post_events(
-    State(collector): State<Arc<Collector>>,
-    writer: Option<Extension<Writer>>,
+/// Takes the events of a `POST /v1/events` from `writer`.
+async fn post_events(
+    collector: &Collector,
+    writer: Writer,
     request: Request,
 ) -> Result<Response, AppError> {
     let (parts, body) = request.into_parts();
@@ -316,7 +342,6 @@ pub async fn post_events(
             "content type {content_type:?} is not supported; send application/json (an event or an array), application/x-ndjson, or text/plain holding either"
         ))
     })?;
-    let writer = writer.map_or(Writer::Server, |Extension(w)| w);
     let site = match &writer {
         Writer::Site { site, client } => Some((site.as_ref(), *client)),
         Writer::Server => None,
