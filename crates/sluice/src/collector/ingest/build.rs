@@ -1,30 +1,77 @@
 //! Checking one event as a sender posted it and building its envelope:
 //! required and allowed fields, header names and values within their
-//! limits, the payload kept byte for byte.
+//! limits, the payload kept byte for byte. Text is borrowed from the body
+//! wherever it has no escapes to undo.
+
+use std::borrow::Cow;
 
 use super::*;
 
+/// An event as sent. Each top-level field is kept as its raw JSON (`null`
+/// included, so that it is told apart from a missing field) and checked
+/// in [`build`].
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 pub(super) struct IncomingEvent<'a> {
-    #[serde(rename = "type")]
-    kind: Option<Value>,
+    #[serde(rename = "type", borrow, default, deserialize_with = "present")]
+    kind: Option<&'a RawValue>,
     #[serde(borrow, default)]
     headers: Option<RawHeaders<'a>>,
-    #[serde(default)]
-    partition_key: Option<Value>,
-    #[serde(default)]
-    event_id: Option<Value>,
-    #[serde(default)]
-    ts: Option<Value>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    partition_key: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    event_id: Option<&'a RawValue>,
+    #[serde(borrow, default, deserialize_with = "present")]
+    ts: Option<&'a RawValue>,
     #[serde(borrow, default)]
     payload: Option<&'a RawValue>,
+}
+
+/// A field that is there, as its raw JSON, `null` too.
+fn present<'de, D: serde::Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<&'de RawValue>, D::Error> {
+    <&RawValue>::deserialize(deserializer).map(Some)
+}
+
+/// A JSON string's text: borrowed, or owned when it had escapes.
+struct Text<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
+            type Value = Text<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Borrowed(text)))
+            }
+            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text.to_owned())))
+            }
+            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
+                Ok(Text(Cow::Owned(text)))
+            }
+        }
+        deserializer.deserialize_str(Visit(std::marker::PhantomData))
+    }
+}
+
+/// The text of a raw JSON value that is a string, else `None`.
+fn string_of(raw: &RawValue) -> Option<Cow<'_, str>> {
+    raw.get().starts_with('"').then(|| {
+        serde_json::from_str::<Text>(raw.get())
+            .map(|Text(text)| text)
+            .ok()
+    })?
 }
 
 /// The sender's headers: names and the raw JSON text of each value, in the
 /// order sent. Values are copied into the envelope as written.
 #[derive(Default)]
-pub(super) struct RawHeaders<'a>(Vec<(String, &'a RawValue)>);
+pub(super) struct RawHeaders<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for RawHeaders<'a> {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
@@ -38,8 +85,8 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawHeaders<'a> {
                 self,
                 mut map: M,
             ) -> Result<Self::Value, M::Error> {
-                let mut headers: Vec<(String, &'a RawValue)> = Vec::new();
-                while let Some(name) = map.next_key::<String>()? {
+                let mut headers: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
+                while let Some(Text(name)) = map.next_key::<Text<'a>>()? {
                     if headers.len() == MAX_HEADERS {
                         return Err(serde::de::Error::custom(format!(
                             "more than {MAX_HEADERS} headers"
@@ -96,21 +143,28 @@ pub(super) fn bad(reason: impl Into<String>) -> (u16, String) {
     (400, reason.into())
 }
 
-pub(super) fn short_string(value: Value, field: &str, max: usize) -> Result<String, (u16, String)> {
-    match value {
-        Value::String(s) if !s.is_empty() && s.chars().count() <= max => Ok(s),
-        Value::String(_) => Err(bad(format!("`{field}` must be 1 to {max} characters"))),
-        _ => Err(bad(format!("`{field}` must be a string"))),
+pub(super) fn short_string<'a>(
+    raw: &'a RawValue,
+    field: &str,
+    max: usize,
+) -> Result<Cow<'a, str>, (u16, String)> {
+    match string_of(raw) {
+        Some(s) if !s.is_empty() && s.chars().count() <= max => Ok(s),
+        Some(_) => Err(bad(format!("`{field}` must be 1 to {max} characters"))),
+        None => Err(bad(format!("`{field}` must be a string"))),
     }
 }
 
-/// One event's record, and the `event_id` its sender gave, if any.
-pub(super) fn build(
-    text: &[u8],
+/// An event's record, and the `event_id` its sender gave, if any.
+pub(super) type Built<'a> = (PutRecord, Option<Cow<'a, str>>);
+
+/// Checks one event as sent and builds its record.
+pub(super) fn build<'a>(
+    text: &'a [u8],
     rules: &IngestRules,
     clock: &dyn Clock,
     extras: &Extras,
-) -> Result<(PutRecord, Option<String>), (u16, String)> {
+) -> Result<Built<'a>, (u16, String)> {
     // No size check before parsing: whitespace and `partition_key` are not
     // part of the envelope, so only the envelope's size can be held to the
     // limit (the body's size bounds the parsing).
@@ -133,7 +187,7 @@ pub(super) fn build(
                 "header names must be 1 to {MAX_NAME_CHARS} characters"
             )));
         }
-        if matches!(name.as_str(), "type" | "event_id" | "ts") {
+        if matches!(name.as_ref(), "type" | "event_id" | "ts") {
             return Err(bad(format!(
                 "header `{name}` is set from the top-level `{name}` field"
             )));
@@ -171,15 +225,17 @@ pub(super) fn build(
         Some(value) => Some(short_string(value, "event_id", MAX_NAME_CHARS)?),
         None => None,
     };
-    let event_id = sender_id.clone().unwrap_or_else(|| clock.new_id());
-    let ts = match event.ts {
-        Some(Value::String(text)) => normalize_ts(&text)
+    let event_id = sender_id
+        .clone()
+        .unwrap_or_else(|| Cow::Owned(clock.new_id()));
+    let ts = match event.ts.map(string_of) {
+        Some(Some(text)) => normalize_ts(&text)
             .ok_or_else(|| bad(format!("`ts` {text:?} is not an RFC 3339 time")))?,
-        Some(_) => return Err(bad("`ts` must be an RFC 3339 string")),
+        Some(None) => return Err(bad("`ts` must be an RFC 3339 string")),
         None => clock.now(),
     };
     let partition_key = match event.partition_key {
-        Some(value) => short_string(value, "partition_key", MAX_PARTITION_KEY_CHARS)?,
+        Some(value) => short_string(value, "partition_key", MAX_PARTITION_KEY_CHARS)?.into_owned(),
         None => rules
             .partition_key_header
             .as_ref()
@@ -188,7 +244,7 @@ pub(super) fn build(
                 serde_json::from_str::<String>(raw.get()).unwrap_or_else(|_| raw.get().to_owned())
             })
             .filter(|k| !k.is_empty() && k.chars().count() <= MAX_PARTITION_KEY_CHARS)
-            .unwrap_or_else(|| event_id.clone()),
+            .unwrap_or_else(|| event_id.clone().into_owned()),
     };
     let payload = event.payload.map(|raw| raw.get().as_bytes());
     let mut envelope = EnvelopeBuilder::with_capacity(text.len() + 128);

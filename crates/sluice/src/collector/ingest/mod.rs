@@ -6,7 +6,6 @@
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
 
 use sluice_core::envelope::EnvelopeBuilder;
 use sluice_core::limits::MAX_PARTITION_KEY_CHARS;
@@ -167,7 +166,7 @@ pub fn ingest_with(
             Ok((record, sender_id)) => {
                 records.push(record);
                 if let Some(ids) = sender_ids.as_deref_mut() {
-                    ids.push(sender_id);
+                    ids.push(sender_id.map(std::borrow::Cow::into_owned));
                 }
             }
             Err((status, reason)) => rejections.push(Rejection {
@@ -302,6 +301,48 @@ mod tests {
         );
         assert_eq!(env.headers.get("amount"), Some(&HeaderValue::Num(12.5)));
         assert_eq!(env.payload, Some(&br#"{ "b" : [1, 2.50] }"#[..]));
+    }
+
+    #[test]
+    fn fields_with_escapes_are_read_and_null_fields_are_refused_by_name() {
+        let records = accept(
+            r#"{"type":"a\u0062c","event_id":"id\"1","headers":{"n\u0061me":"v"}}"#,
+            BodyFormat::Json,
+        );
+        let env = decode(&records[0].data).unwrap();
+        assert_eq!(
+            env.headers.get("type"),
+            Some(&HeaderValue::Str("abc".into()))
+        );
+        assert_eq!(
+            env.headers.get("event_id"),
+            Some(&HeaderValue::Str("id\"1".into()))
+        );
+        assert_eq!(env.headers.get("name"), Some(&HeaderValue::Str("v".into())));
+        assert_eq!(records[0].partition_key, "id\"1");
+        for (body, reason) in [
+            (r#"{"type":null}"#, "`type` must be a string"),
+            (
+                r#"{"type":"a","ts":null}"#,
+                "`ts` must be an RFC 3339 string",
+            ),
+            (
+                r#"{"type":"a","event_id":5}"#,
+                "`event_id` must be a string",
+            ),
+            (
+                r#"{"type":"a","partition_key":null}"#,
+                "`partition_key` must be a string",
+            ),
+            (r#"{"type":""}"#, "`type` must be 1 to"),
+        ] {
+            let rejections = reject(body, BodyFormat::Json);
+            assert!(
+                rejections[0].reason.contains(reason),
+                "{body}: {} should say {reason}",
+                rejections[0].reason
+            );
+        }
     }
 
     #[test]
