@@ -517,7 +517,7 @@ fn slow_path(data: &[u8]) -> Result<Envelope<'_>, EnvelopeError> {
 }
 
 /// A string that borrows from the input when it has no escapes.
-struct MaybeBorrowed<'a>(Cow<'a, str>);
+pub struct MaybeBorrowed<'a>(pub Cow<'a, str>);
 
 impl<'de: 'a, 'a> Deserialize<'de> for MaybeBorrowed<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {

@@ -5,6 +5,8 @@
 
 use std::borrow::Cow;
 
+use sluice_core::envelope::MaybeBorrowed;
+
 use super::*;
 
 /// An event as sent. Each top-level field is kept as its raw JSON (`null`
@@ -34,36 +36,11 @@ fn present<'de, D: serde::Deserializer<'de>>(
     <&RawValue>::deserialize(deserializer).map(Some)
 }
 
-/// A JSON string's text: borrowed, or owned when it had escapes.
-struct Text<'a>(Cow<'a, str>);
-
-impl<'de: 'a, 'a> Deserialize<'de> for Text<'a> {
-    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct Visit<'a>(std::marker::PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> serde::de::Visitor<'de> for Visit<'a> {
-            type Value = Text<'a>;
-            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
-                f.write_str("a string")
-            }
-            fn visit_borrowed_str<E>(self, text: &'de str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Borrowed(text)))
-            }
-            fn visit_str<E>(self, text: &str) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(text.to_owned())))
-            }
-            fn visit_string<E>(self, text: String) -> Result<Self::Value, E> {
-                Ok(Text(Cow::Owned(text)))
-            }
-        }
-        deserializer.deserialize_str(Visit(std::marker::PhantomData))
-    }
-}
-
 /// The text of a raw JSON value that is a string, else `None`.
 fn string_of(raw: &RawValue) -> Option<Cow<'_, str>> {
     raw.get().starts_with('"').then(|| {
-        serde_json::from_str::<Text>(raw.get())
-            .map(|Text(text)| text)
+        serde_json::from_str::<MaybeBorrowed>(raw.get())
+            .map(|MaybeBorrowed(text)| text)
             .ok()
     })?
 }
@@ -86,7 +63,7 @@ impl<'de: 'a, 'a> Deserialize<'de> for RawHeaders<'a> {
                 mut map: M,
             ) -> Result<Self::Value, M::Error> {
                 let mut headers: Vec<(Cow<'a, str>, &'a RawValue)> = Vec::new();
-                while let Some(Text(name)) = map.next_key::<Text<'a>>()? {
+                while let Some(MaybeBorrowed(name)) = map.next_key::<MaybeBorrowed<'a>>()? {
                     if headers.len() == MAX_HEADERS {
                         return Err(serde::de::Error::custom(format!(
                             "more than {MAX_HEADERS} headers"
