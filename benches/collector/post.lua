@@ -59,11 +59,11 @@ function init(args)
       bodies[i] = wrk.format("POST", path, headers, body)
     end
   else
-    local lines = { "POST " .. path .. " HTTP/1.1", "Host: " .. wrk.headers["Host"] }
+    local head_lines = { "POST " .. path .. " HTTP/1.1", "Host: " .. wrk.headers["Host"] }
     for name, value in pairs(headers) do
-      lines[#lines + 1] = name .. ": " .. value
+      head_lines[#head_lines + 1] = name .. ": " .. value
     end
-    head = table.concat(lines, "\r\n") .. "\r\nContent-Length: "
+    head = table.concat(head_lines, "\r\n") .. "\r\nContent-Length: "
   end
 end
 
