@@ -202,13 +202,7 @@ async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
         .unwrap();
     assert_eq!(page.headers()["sluice-more"], "true");
     let cursor = page.headers()["sluice-cursor"].to_str().unwrap().to_owned();
-    let first: Vec<String> = page
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| event_id(l.as_bytes()))
-        .collect();
+    let first = page_event_ids(page).await;
     let rest = client()
         .get(format!(
             "{url}/v1/streams/inbound/records?limit=1000&cursor={cursor}"
@@ -216,13 +210,7 @@ async fn events_land_in_exactly_their_streams_and_bad_input_gets_reasons() {
         .send()
         .await
         .unwrap();
-    let second: Vec<String> = rest
-        .text()
-        .await
-        .unwrap()
-        .lines()
-        .map(|l| event_id(l.as_bytes()))
-        .collect();
+    let second = page_event_ids(rest).await;
     assert_eq!(first.len() + second.len(), 700);
     let all: HashSet<&String> = first.iter().chain(&second).collect();
     assert_eq!(
@@ -401,4 +389,14 @@ async fn aggregated_inbound_records_route_every_event_once_in_order() {
         value("sluice_put_records_records_total", "unrouted"),
         value("sluice_put_records_user_records_total", "unrouted")
     );
+}
+
+/// The event ids of a page of the read API, in order.
+async fn page_event_ids(page: reqwest::Response) -> Vec<String> {
+    page.text()
+        .await
+        .unwrap()
+        .lines()
+        .map(|l| event_id(l.as_bytes()))
+        .collect()
 }
