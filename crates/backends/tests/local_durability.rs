@@ -118,6 +118,38 @@ async fn reopening_keeps_every_record_across_segments_and_splits() {
     assert!(before.iter().all(|(s, _)| seq(s) < seq(&newest.0)));
 }
 
+/// A sealed segment's index is written by a thread of its own, after the
+/// segment. A stop before it is written leaves the segment to be scanned at
+/// the next start, which writes the index then.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sealed_segment_without_its_index_is_scanned_and_indexed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let stream_dir = dir.path().join("s");
+    let before = {
+        let backend = open(dir.path());
+        backend.create_stream("s", 2).await.unwrap();
+        put_numbered(&backend, "s", 0..1500).await;
+        read_all(&backend, "s").await
+    };
+    let mut sealed = log::list_segments(&stream_dir).unwrap();
+    sealed.pop();
+    assert!(sealed.len() >= 2, "the test spans several sealed segments");
+    for base in &sealed {
+        let index = log::index_path(&stream_dir, *base);
+        assert!(index.exists(), "a stop waits for the index of {base}");
+        std::fs::remove_file(index).unwrap();
+    }
+
+    let backend = open(dir.path());
+    assert_eq!(read_all(&backend, "s").await, before);
+    for base in &sealed {
+        assert!(
+            log::read_index(&stream_dir, *base).is_some(),
+            "the index of {base} is written again"
+        );
+    }
+}
+
 /// Bytes of whole records at the start of a segment file.
 fn records_end(path: &Path) -> u64 {
     let (_, valid, _) = log::scan_segment(&std::fs::read(path).unwrap(), 0);

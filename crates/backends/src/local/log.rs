@@ -163,16 +163,24 @@ pub fn scan_segment(bytes: &[u8], segment: u64) -> (Vec<Entry>, usize, Option<Fr
 const INDEX_ENTRY: usize = 4 + 8 + 8 + 4 + 4;
 
 /// Writes a sealed segment's index durably (temporary file, fsync, rename).
-pub fn write_index(disk: &Disk, dir: &Path, base_seq: u64, entries: &[Entry]) -> io::Result<()> {
-    let mut buf = Vec::with_capacity(4 + entries.len() * INDEX_ENTRY + 4);
-    buf.extend_from_slice(&(entries.len() as u32).to_le_bytes());
+pub fn write_index<'a>(
+    disk: &Disk,
+    dir: &Path,
+    base_seq: u64,
+    entries: impl IntoIterator<Item = &'a Entry>,
+) -> io::Result<()> {
+    // The count first, filled in once the entries are written.
+    let mut buf = vec![0; 4];
+    let mut count: u32 = 0;
     for e in entries {
+        count += 1;
         buf.extend_from_slice(&e.shard.to_le_bytes());
         buf.extend_from_slice(&e.seq.to_le_bytes());
         buf.extend_from_slice(&e.arrival_ms.to_le_bytes());
         buf.extend_from_slice(&e.offset.to_le_bytes());
         buf.extend_from_slice(&e.len.to_le_bytes());
     }
+    buf[..4].copy_from_slice(&count.to_le_bytes());
     let crc = crc32c::crc32c(&buf);
     buf.extend_from_slice(&crc.to_le_bytes());
     disk.write_atomically(dir, &index_path(dir, base_seq), &buf)
@@ -485,7 +493,7 @@ mod tests {
                 len: 41,
             },
         ];
-        write_index(&Disk::default(), dir.path(), 5, &entries).unwrap();
+        write_index(&Disk::default(), dir.path(), 5, entries.iter()).unwrap();
         assert_eq!(read_index(dir.path(), 5).unwrap(), entries);
         let path = index_path(dir.path(), 5);
         let mut bytes = fs::read(&path).unwrap();

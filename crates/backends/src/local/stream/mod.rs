@@ -9,11 +9,17 @@
 //! up in an in-memory index per shard and read frames with `pread`,
 //! checking each checksum.
 //!
+//! A sealed segment's index (which lets the next start skip scanning it)
+//! is written by a second thread: writing and syncing megabytes of index
+//! on the writer thread held every waiting call for tens of milliseconds.
+//! Until it is written, recovery scans the sealed segment instead.
+//!
 //! Here: the stream's shape (meta), the shared state and the backend;
 //! `recovery` opens a stream after a stop or a crash, `writer` is the
-//! writer thread, `read` serves shard iterators and GetRecords.
+//! writer thread and the index thread, `read` serves shard iterators and
+//! GetRecords.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -35,10 +41,12 @@ use sluice_core::{SequenceNumber, StreamBackend};
 
 use super::log::{self, ActiveSegment, Disk, Entry};
 
+mod entries;
 mod read;
 mod recovery;
 mod writer;
 
+use entries::Entries;
 use read::IteratorToken;
 use recovery::recover;
 use writer::start_writer;
@@ -156,9 +164,11 @@ struct SegmentInfo {
 
 struct State {
     meta: StreamMeta,
-    shards: Vec<VecDeque<Entry>>,
+    shards: Vec<Entries>,
     segments: BTreeMap<u64, SegmentInfo>,
     active_base: u64,
+    /// Sealed segments whose index is being written: kept until it is.
+    indexing: BTreeSet<u64>,
     next_seq: u64,
 }
 
@@ -199,6 +209,21 @@ enum Command {
 struct LocalStream {
     shared: Arc<Shared>,
     commands: mpsc::Sender<Command>,
+    /// Joined when the stream is dropped: it ends once no command can come,
+    /// after the index thread wrote what it was given.
+    writer: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for LocalStream {
+    fn drop(&mut self) {
+        let (closed, _) = mpsc::channel(1);
+        drop(std::mem::replace(&mut self.commands, closed));
+        if let Some(writer) = self.writer.take() {
+            if writer.join().is_err() {
+                tracing::error!(stream = %self.shared.name, "the log writer panicked");
+            }
+        }
+    }
 }
 
 /// Embedded, durable streams under one directory.
@@ -293,15 +318,15 @@ impl Shared {
                 .segments
                 .iter()
                 .take_while(|(base, info)| {
-                    **base != state.active_base && info.max_arrival_ms < cutoff
+                    **base != state.active_base
+                        && !state.indexing.contains(base)
+                        && info.max_arrival_ms < cutoff
                 })
                 .map(|(base, _)| *base)
                 .collect();
             if let Some(&last) = doomed.last() {
                 for shard in &mut state.shards {
-                    while shard.front().is_some_and(|e| e.segment <= last) {
-                        shard.pop_front();
-                    }
+                    shard.pop_front_while(|e| e.segment <= last);
                 }
                 for base in &doomed {
                     state.segments.remove(base);
@@ -373,7 +398,7 @@ impl StreamBackend for LocalStreams {
             disk: self.options.disk.clone(),
             dir,
             state: RwLock::new(State {
-                shards: vec![VecDeque::new(); meta.shards.len()],
+                shards: meta.shards.iter().map(|_| Entries::default()).collect(),
                 meta,
                 segments: BTreeMap::from([(
                     0,
@@ -383,6 +408,7 @@ impl StreamBackend for LocalStreams {
                     },
                 )]),
                 active_base: 0,
+                indexing: BTreeSet::new(),
                 next_seq: 0,
             }),
         });
@@ -405,7 +431,10 @@ impl StreamBackend for LocalStreams {
             .expect("streams lock")
             .remove(name)
             .ok_or_else(|| StreamError::StreamNotFound(name.to_owned()))?;
-        fs::remove_dir_all(&stream.shared.dir).map_err(storage)?;
+        let dir = stream.shared.dir.clone();
+        // Its threads end first, so nothing writes into the removed directory.
+        drop(stream);
+        fs::remove_dir_all(&dir).map_err(storage)?;
         self.options.disk.sync_dir(&self.root).map_err(storage)
     }
 

@@ -46,7 +46,7 @@ impl LocalStream {
             let start = index.partition_point(|e| e.seq < token.position);
             let mut bytes = 0usize;
             let mut picked = Vec::new();
-            for entry in index.range(start..) {
+            for entry in index.iter_from(start) {
                 if picked.len() == limit
                     || (bytes + entry.len as usize > MAX_GET_BYTES && !picked.is_empty())
                 {

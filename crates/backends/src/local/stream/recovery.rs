@@ -14,7 +14,7 @@ pub(super) fn recover(
     meta.validate()
         .map_err(|e| storage(format!("{}: {e}", dir.join("meta.json").display())))?;
     let bases = log::list_segments(dir).map_err(storage)?;
-    let mut shards: Vec<VecDeque<Entry>> = vec![VecDeque::new(); meta.shards.len()];
+    let mut shards: Vec<Entries> = meta.shards.iter().map(|_| Entries::default()).collect();
     let mut segments = BTreeMap::new();
     let mut next_seq = meta
         .shards
@@ -46,6 +46,13 @@ pub(super) fn recover(
                         )))
                     }
                 }
+                if !last {
+                    // Sealed before a stop that came before its index was
+                    // written: written now, so the next start reads it.
+                    if let Err(e) = log::write_index(&options.disk, dir, base, entries.iter()) {
+                        tracing::warn!(segment = %path.display(), error = %e, "could not write a sealed segment's index; it is scanned at each start");
+                    }
+                }
                 if last {
                     active = Some(
                         ActiveSegment::reopen(&options.disk, dir, base, valid as u64, zeros)
@@ -66,7 +73,7 @@ pub(super) fn recover(
             };
             next_seq = next_seq.max(entry.seq + 1);
             max_arrival_ms = max_arrival_ms.max(entry.arrival_ms);
-            shard.push_back(entry);
+            shard.push(entry);
         }
         next_seq = next_seq.max(base);
         let file = File::open(&path).map_err(storage)?;
@@ -112,6 +119,7 @@ pub(super) fn recover(
             shards,
             segments,
             active_base: active.base_seq,
+            indexing: BTreeSet::new(),
             next_seq,
         }),
     });

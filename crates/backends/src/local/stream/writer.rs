@@ -1,6 +1,7 @@
 //! A stream's one writer thread: group commits of PutRecords calls (one
 //! write and one sync each), segments sealed and started, and resharding,
-//! all in log order.
+//! all in log order. Beside it, the index thread writes the indexes of
+//! the segments it sealed.
 
 use super::*;
 
@@ -13,7 +14,14 @@ pub(super) fn start_writer(
     segment_bytes: u64,
 ) -> LocalStream {
     active_entries.sort_unstable_by_key(|e| e.offset);
+    let active_entries = active_entries.into_iter().collect();
     let (tx, rx) = mpsc::channel(COMMAND_QUEUE);
+    let (to_index, sealed) = std::sync::mpsc::sync_channel(SEALED_QUEUE);
+    let index_shared = shared.clone();
+    let indexer = std::thread::Builder::new()
+        .name(format!("sluice-index-{}", shared.name))
+        .spawn(move || write_indexes(&index_shared, sealed))
+        .expect("spawn index writer");
     let writer = Writer {
         shared: shared.clone(),
         active,
@@ -22,25 +30,55 @@ pub(super) fn start_writer(
         last_arrival,
         segment_bytes,
         buf: Vec::new(),
+        to_index,
     };
-    std::thread::Builder::new()
+    let writer = std::thread::Builder::new()
         .name(format!("sluice-log-{}", shared.name))
-        .spawn(move || writer.run(rx))
+        .spawn(move || {
+            writer.run(rx);
+            if indexer.join().is_err() {
+                tracing::error!("the index writer panicked");
+            }
+        })
         .expect("spawn log writer");
     LocalStream {
         shared,
         commands: tx,
+        writer: Some(writer),
+    }
+}
+
+/// Sealed segments waiting for their index before the writer waits too.
+const SEALED_QUEUE: usize = 4;
+
+/// A sealed segment and its entries in log order.
+type Sealed = (u64, Entries);
+
+/// The index thread: writes each sealed segment's index, until the writer
+/// is gone. A segment stays (past retention too) until its index is written.
+fn write_indexes(shared: &Shared, sealed: std::sync::mpsc::Receiver<Sealed>) {
+    for (base, entries) in sealed {
+        if let Err(e) = log::write_index(&shared.disk, &shared.dir, base, entries.iter()) {
+            tracing::warn!(stream = %shared.name, segment = base, error = %e, "could not write a sealed segment's index; the next start scans the segment instead");
+        }
+        shared
+            .state
+            .write()
+            .expect("state lock")
+            .indexing
+            .remove(&base);
     }
 }
 
 struct Writer {
     shared: Arc<Shared>,
     active: ActiveSegment,
-    active_entries: Vec<Entry>,
+    active_entries: Entries,
     next_seq: u64,
     last_arrival: i64,
     segment_bytes: u64,
     buf: Vec<u8>,
+    to_index: std::sync::mpsc::SyncSender<Sealed>,
 }
 
 type PutReply = oneshot::Sender<Result<Placed, StreamError>>;
@@ -151,14 +189,16 @@ impl Writer {
         {
             let mut state = self.shared.state.write().expect("state lock");
             for entry in &entries {
-                state.shards[entry.shard as usize].push_back(*entry);
+                state.shards[entry.shard as usize].push(*entry);
             }
             state.next_seq = seq;
             if let Some(info) = state.segments.get_mut(&self.active.base_seq) {
                 info.max_arrival_ms = info.max_arrival_ms.max(arrival);
             }
         }
-        self.active_entries.extend_from_slice(&entries);
+        for entry in entries {
+            self.active_entries.push(entry);
+        }
         for ((_, _, reply), placed) in group.drain(..).zip(results) {
             let _ = reply.send(Ok(placed));
         }
@@ -169,14 +209,15 @@ impl Writer {
         }
     }
 
-    /// Seals the active segment (its index written first) and starts a new one.
+    /// Seals the active segment, starts a new one, and gives the sealed
+    /// segment's entries to the index thread.
     fn roll(&mut self) -> std::io::Result<()> {
         let dir = self.shared.dir.clone();
         let disk = &self.shared.disk;
         self.active.seal()?;
-        log::write_index(disk, &dir, self.active.base_seq, &self.active_entries)?;
         let next = ActiveSegment::create(disk, &dir, self.next_seq)?;
         let file = File::open(log::segment_path(&dir, self.next_seq))?;
+        let sealed = std::mem::replace(&mut self.active, next).base_seq;
         let mut state = self.shared.state.write().expect("state lock");
         state.segments.insert(
             self.next_seq,
@@ -186,9 +227,14 @@ impl Writer {
             },
         );
         state.active_base = self.next_seq;
+        state.indexing.insert(sealed);
         drop(state);
-        self.active = next;
-        self.active_entries.clear();
+        let entries = std::mem::take(&mut self.active_entries);
+        if self.to_index.send((sealed, entries)).is_err() {
+            tracing::error!(stream = %self.shared.name, segment = sealed, "the index writer is gone; the next start scans the segment");
+            let mut state = self.shared.state.write().expect("state lock");
+            state.indexing.remove(&sealed);
+        }
         Ok(())
     }
 
@@ -201,7 +247,7 @@ impl Writer {
         write_meta(&self.shared.disk, &self.shared.dir, &meta)?;
         let mut state = self.shared.state.write().expect("state lock");
         while state.shards.len() < meta.shards.len() {
-            state.shards.push(VecDeque::new());
+            state.shards.push(Entries::default());
         }
         state.meta = meta;
         Ok(())
