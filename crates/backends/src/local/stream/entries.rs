@@ -83,8 +83,10 @@ impl Entries {
         self.iter_from(0)
     }
 
-    /// Removes entries from the front while `gone` holds for them.
-    pub(super) fn pop_front_while(&mut self, gone: impl Fn(&Entry) -> bool) {
+    /// Removes entries from the front while `gone` holds for them; returns
+    /// how many went.
+    pub(super) fn pop_front_while(&mut self, gone: impl Fn(&Entry) -> bool) -> usize {
+        let before = self.len;
         while let Some(entry) = self.front() {
             if !gone(entry) {
                 break;
@@ -100,6 +102,7 @@ impl Entries {
             self.chunks.clear();
             self.head = 0;
         }
+        before - self.len
     }
 }
 
@@ -143,10 +146,13 @@ mod tests {
             }
             let cut = model.len() as u64 * (round % 4) / 5;
             let edge = model.front().map_or(0, |e| e.seq) + cut;
-            list.pop_front_while(|e| e.seq < edge);
+            let gone = list.pop_front_while(|e| e.seq < edge);
+            let mut model_gone = 0;
             while model.front().is_some_and(|e| e.seq < edge) {
                 model.pop_front();
+                model_gone += 1;
             }
+            assert_eq!(gone, model_gone);
             assert_eq!(list.len(), model.len());
             assert_eq!(list.front(), model.front());
             assert_eq!(list.back(), model.back());

@@ -19,7 +19,7 @@
 //! writer thread and the index thread, `read` serves shard iterators and
 //! GetRecords.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::fs::{self, File};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock};
@@ -44,11 +44,13 @@ use super::log::{self, ActiveSegment, Disk, Entry};
 mod entries;
 mod read;
 mod recovery;
+mod resident;
 mod writer;
 
 use entries::Entries;
 use read::IteratorToken;
 use recovery::recover;
+use resident::Loaded;
 use writer::start_writer;
 
 /// Most shards a local stream may have.
@@ -67,6 +69,10 @@ pub struct LocalStreamOptions {
     pub segment_bytes: u64,
     /// Where the logs' syncs go (a test can witness them).
     pub disk: Disk,
+    /// Records per stream whose index entries (40 bytes each) are kept in
+    /// memory; the oldest sealed segments' entries beyond it are read back
+    /// from their index files when a reader gets there (default 1,000,000).
+    pub resident_records: usize,
 }
 
 impl Default for LocalStreamOptions {
@@ -75,6 +81,7 @@ impl Default for LocalStreamOptions {
             retention_hours: 24,
             segment_bytes: 128 * 1024 * 1024,
             disk: Disk::default(),
+            resident_records: 1_000_000,
         }
     }
 }
@@ -160,6 +167,9 @@ fn storage(e: impl std::fmt::Display) -> StreamError {
 struct SegmentInfo {
     file: Arc<File>,
     max_arrival_ms: i64,
+    /// The records it holds, once their entries left memory (see
+    /// `resident`); `None` while they are in memory.
+    evicted: Option<u64>,
 }
 
 struct State {
@@ -169,6 +179,8 @@ struct State {
     active_base: u64,
     /// Sealed segments whose index is being written: kept until it is.
     indexing: BTreeSet<u64>,
+    /// Records from this sequence number on have their entries in `shards`.
+    resident_from: u64,
     next_seq: u64,
 }
 
@@ -177,6 +189,9 @@ struct Shared {
     disk: Disk,
     dir: PathBuf,
     state: RwLock<State>,
+    /// Most entries kept in memory (see `resident`).
+    resident_records: usize,
+    loaded: Loaded,
 }
 
 /// Where the writer put the records of one call: consecutive sequence
@@ -335,6 +350,7 @@ impl Shared {
             doomed
         };
         for base in &doomed {
+            self.loaded.forget(*base);
             fs::remove_file(log::index_path(&self.dir, *base)).ok();
             fs::remove_file(log::segment_path(&self.dir, *base)).map_err(storage)?;
         }
@@ -397,6 +413,8 @@ impl StreamBackend for LocalStreams {
             name: name.to_owned(),
             disk: self.options.disk.clone(),
             dir,
+            resident_records: self.options.resident_records,
+            loaded: Loaded::default(),
             state: RwLock::new(State {
                 shards: meta.shards.iter().map(|_| Entries::default()).collect(),
                 meta,
@@ -405,10 +423,12 @@ impl StreamBackend for LocalStreams {
                     SegmentInfo {
                         file: Arc::new(file),
                         max_arrival_ms: i64::MIN,
+                        evicted: None,
                     },
                 )]),
                 active_base: 0,
                 indexing: BTreeSet::new(),
+                resident_from: 0,
                 next_seq: 0,
             }),
         });
@@ -462,7 +482,14 @@ impl StreamBackend for LocalStreams {
                 .filter(|s| s.ending_seq.is_none())
                 .count(),
             retention_hours: state.meta.retention_hours,
-            record_count: Some(state.shards.iter().map(|s| s.len() as u64).sum()),
+            record_count: Some(
+                state.shards.iter().map(|s| s.len() as u64).sum::<u64>()
+                    + state
+                        .segments
+                        .values()
+                        .filter_map(|s| s.evicted)
+                        .sum::<u64>(),
+            ),
         })
     }
 
@@ -521,11 +548,15 @@ impl StreamBackend for LocalStreams {
             shard: shard_id.to_owned(),
         };
         let number = parse_shard_id(shard_id).ok_or_else(not_found)?;
-        let state = stream.shared.state.read().expect("state lock");
-        if number as usize >= state.meta.shards.len() {
+        let known = |state: &State| (number as usize) < state.meta.shards.len();
+        if !known(&stream.shared.state.read().expect("state lock")) {
             return Err(not_found());
         }
-        let index = &state.shards[number as usize];
+        let at_timestamp = match start {
+            StartPosition::AtTimestamp(ms) => Some(stream.at_timestamp(number, ms)?),
+            _ => None,
+        };
+        let state = stream.shared.state.read().expect("state lock");
         let sequence = |seq: &SequenceNumber| {
             seq.to_u64().filter(|s| *s < state.next_seq).ok_or_else(|| {
                 StreamError::InvalidArgument(format!("sequence number {seq} is not in {shard_id}"))
@@ -536,10 +567,7 @@ impl StreamBackend for LocalStreams {
             StartPosition::Latest => state.next_seq,
             StartPosition::AtSequence(seq) => sequence(&seq)?,
             StartPosition::AfterSequence(seq) => sequence(&seq)? + 1,
-            StartPosition::AtTimestamp(ms) => {
-                let at = index.partition_point(|e| e.arrival_ms < ms);
-                index.get(at).map_or(state.next_seq, |e| e.seq)
-            }
+            StartPosition::AtTimestamp(_) => at_timestamp.expect("worked out above"),
         };
         Ok(IteratorToken {
             stream: name.to_owned(),

@@ -82,6 +82,7 @@ pub(super) fn recover(
             SegmentInfo {
                 file: Arc::new(file),
                 max_arrival_ms,
+                evicted: None,
             },
         );
     }
@@ -95,6 +96,7 @@ pub(super) fn recover(
                 SegmentInfo {
                     file: Arc::new(file),
                     max_arrival_ms: i64::MIN,
+                    evicted: None,
                 },
             );
             active
@@ -120,9 +122,17 @@ pub(super) fn recover(
             segments,
             active_base: active.base_seq,
             indexing: BTreeSet::new(),
+            resident_from: 0,
             next_seq,
         }),
+        resident_records: options.resident_records,
+        loaded: Loaded::default(),
     });
+    shared
+        .state
+        .write()
+        .expect("state lock")
+        .evict(options.resident_records);
     Ok(start_writer(
         shared,
         active,

@@ -61,12 +61,9 @@ fn write_indexes(shared: &Shared, sealed: std::sync::mpsc::Receiver<Sealed>) {
         if let Err(e) = log::write_index(&shared.disk, &shared.dir, base, entries.iter()) {
             tracing::warn!(stream = %shared.name, segment = base, error = %e, "could not write a sealed segment's index; the next start scans the segment instead");
         }
-        shared
-            .state
-            .write()
-            .expect("state lock")
-            .indexing
-            .remove(&base);
+        let mut state = shared.state.write().expect("state lock");
+        state.indexing.remove(&base);
+        state.evict(shared.resident_records);
     }
 }
 
@@ -224,6 +221,7 @@ impl Writer {
             SegmentInfo {
                 file: Arc::new(file),
                 max_arrival_ms: i64::MIN,
+                evicted: None,
             },
         );
         state.active_base = self.next_seq;
