@@ -2,6 +2,8 @@
 //! completion, failed entries retried on their lane or given up at their
 //! deadline.
 
+use std::task::Poll;
+
 use super::*;
 
 pub(super) async fn dispatch(inner: Arc<Inner>) {
@@ -34,15 +36,62 @@ pub(super) async fn dispatch(inner: Arc<Inner>) {
     }
 }
 
-/// One PutRecords call; failed entries go back to the front of their lanes.
-pub(super) async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
-    let records: Vec<PutRecord> = entries.iter().map(|e| e.record().clone()).collect();
-    tracing::trace!(stream = %inner.stream, entries = records.len(), "PutRecords");
-    inner.calls.inc();
-    let started = Instant::now();
-    let outcome = inner.backend.put_records(&inner.stream, records).await;
-    inner.call_duration.observe(started.elapsed());
+/// PutRecords calls, one after another: when a call ends, the records that
+/// waited meanwhile go out in the next one, and the senders of the records
+/// it stored are told once that next call is on its way (on the embedded
+/// log: handed to the writer). They are many (30 requests a call on a busy
+/// collector), and telling them first left the stream idle meanwhile.
+/// Failed entries go back to the front of their lanes.
+pub(super) async fn call(inner: Arc<Inner>, mut entries: Vec<Entry>) {
+    let mut stored_before = Vec::new();
+    loop {
+        let records: Vec<PutRecord> = entries.iter().map(|e| e.record().clone()).collect();
+        tracing::trace!(stream = %inner.stream, entries = records.len(), "PutRecords");
+        inner.calls.inc();
+        let started = Instant::now();
+        let mut put = inner.backend.put_records(&inner.stream, records);
+        let first = std::future::poll_fn(|cx| Poll::Ready(put.as_mut().poll(cx))).await;
+        tell_stored(std::mem::take(&mut stored_before));
+        let outcome = match first {
+            Poll::Ready(outcome) => outcome,
+            Poll::Pending => put.await,
+        };
+        inner.call_duration.observe(started.elapsed());
+        let (stored, next) = settle(&inner, entries, outcome);
+        match next {
+            Next::Call(batch) => {
+                inner.wake.notify_one();
+                entries = batch;
+                stored_before = stored;
+            }
+            _ => {
+                // Told before the dispatcher can see the producer idle, so
+                // `close` returns after every sender was told.
+                tell_stored(stored);
+                inner.wake.notify_one();
+                return;
+            }
+        }
+    }
+}
+
+fn tell_stored(stored: Vec<Pending>) {
+    let mut told = Stored::default();
+    for pending in stored {
+        told.add(pending);
+    }
+    told.flush();
+}
+
+/// A call's outcome: its stored records (not yet told), failed ones back in
+/// their lanes or given up, its lanes free, and the next call.
+fn settle(
+    inner: &Arc<Inner>,
+    entries: Vec<Entry>,
+    outcome: Result<Vec<PutResult>, StreamError>,
+) -> (Vec<Pending>, Next) {
     let mut retry = Vec::new();
+    let mut stored = Vec::new();
     let mut lanes_in_call = Vec::new();
     let mut progressed = Vec::new();
     for entry in &entries {
@@ -53,7 +102,6 @@ pub(super) async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
     }
     match outcome {
         Ok(results) if results.len() == entries.len() => {
-            let mut stored = Stored::default();
             let (mut records, mut user_records) = (0, 0);
             for (entry, result) in entries.into_iter().zip(results) {
                 match result {
@@ -64,21 +112,18 @@ pub(super) async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
                         }
                         records += 1;
                         user_records += entry.members.len() as u64;
-                        for pending in entry.members {
-                            stored.add(pending);
-                        }
+                        stored.extend(entry.members);
                     }
                     PutResult::Failed(failure) => {
                         inner.failed_entries.inc();
                         let retryable = failure.is_retryable();
                         let failure = SendFailure::Entry(failure);
                         for pending in entry.members {
-                            retry_or_fail(&inner, pending, &failure, retryable, &mut retry);
+                            retry_or_fail(inner, pending, &failure, retryable, &mut retry);
                         }
                     }
                 }
             }
-            stored.flush();
             inner.records.add(records);
             inner.user_records.add(user_records);
         }
@@ -90,7 +135,7 @@ pub(super) async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
             ));
             let failure = SendFailure::Call(error);
             for pending in entries.into_iter().flat_map(|e| e.members) {
-                retry_or_fail(&inner, pending, &failure, true, &mut retry);
+                retry_or_fail(inner, pending, &failure, true, &mut retry);
             }
         }
         Err(error) => {
@@ -100,11 +145,11 @@ pub(super) async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
             }
             let failure = SendFailure::Call(error);
             for pending in entries.into_iter().flat_map(|e| e.members) {
-                retry_or_fail(&inner, pending, &failure, retryable, &mut retry);
+                retry_or_fail(inner, pending, &failure, retryable, &mut retry);
             }
         }
     }
-    {
+    let next = {
         let mut state = inner.lanes.lock().expect("lanes lock");
         let now = Instant::now();
         for &index in &lanes_in_call {
@@ -137,8 +182,9 @@ pub(super) async fn call(inner: Arc<Inner>, entries: Vec<Entry>) {
             state.lanes[pending.lane].queue.push_front(pending);
         }
         state.in_flight -= 1;
-    }
-    inner.wake.notify_one();
+        next_call(inner, &mut state, now)
+    };
+    (stored, next)
 }
 
 pub(super) fn retry_or_fail(
