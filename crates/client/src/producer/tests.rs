@@ -1,6 +1,7 @@
 //! Producer tests on the embedded backend with injected partial failures.
 
 use std::collections::{HashMap, HashSet};
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex};
 
 use async_trait::async_trait;
@@ -20,6 +21,11 @@ struct Recording {
     calls: Mutex<Vec<Vec<Vec<String>>>>,
     /// Entries whose key starts with this fail as throttled, unwritten.
     throttle_prefix: Option<&'static str>,
+    /// The first call waits for this before it is made.
+    hold_first: Option<Arc<tokio::sync::Semaphore>>,
+    /// Read as each call starts, into `seen_at_start`.
+    watched: Option<Arc<AtomicBool>>,
+    seen_at_start: Mutex<Vec<bool>>,
 }
 
 impl Recording {
@@ -28,6 +34,9 @@ impl Recording {
             inner,
             calls: Mutex::new(Vec::new()),
             throttle_prefix: None,
+            hold_first: None,
+            watched: None,
+            seen_at_start: Mutex::new(Vec::new()),
         }
     }
 }
@@ -61,6 +70,11 @@ impl StreamBackend for Recording {
         self.inner.list_shards(n).await
     }
     async fn put_records(&self, n: &str, r: Vec<PutRecord>) -> Result<Vec<PutResult>, StreamError> {
+        if let Some(watched) = &self.watched {
+            let seen = watched.load(Ordering::SeqCst);
+            self.seen_at_start.lock().unwrap().push(seen);
+        }
+        let first = self.calls.lock().unwrap().is_empty();
         self.calls.lock().unwrap().push(
             r.iter()
                 .map(|r| {
@@ -71,6 +85,9 @@ impl StreamBackend for Recording {
                 })
                 .collect(),
         );
+        if let (true, Some(hold)) = (first, &self.hold_first) {
+            let _ = hold.acquire().await.unwrap();
+        }
         let Some(prefix) = self.throttle_prefix else {
             return self.inner.put_records(n, r).await;
         };
@@ -332,6 +349,70 @@ async fn one_call_carries_records_of_every_shard() {
         .map(|key| PutRecord::new(key.clone(), Bytes::new()).hash_key() >> 126)
         .collect();
     assert_eq!(shards_in_call.len(), 4, "the call spans all four shards");
+}
+
+/// When a call ends, what waited meanwhile goes out before the senders of
+/// the ended call are told: on a busy collector they are many, and telling
+/// them first left the stream idle. One thread, so that a told sender
+/// runs only when the producer's tasks let it.
+#[tokio::test]
+async fn the_next_call_goes_out_before_the_last_calls_senders_are_told() {
+    let dir = tempfile::tempdir().unwrap();
+    let local: Arc<dyn StreamBackend> =
+        Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
+    local.create_stream("s", 1).await.unwrap();
+    let hold = Arc::new(tokio::sync::Semaphore::new(0));
+    let told = Arc::new(AtomicBool::new(false));
+    let recording = Arc::new(Recording {
+        hold_first: Some(hold.clone()),
+        watched: Some(told.clone()),
+        ..Recording::new(local.clone())
+    });
+    let producer = Producer::start(recording.clone(), "s", ProducerConfig::default())
+        .await
+        .unwrap();
+    let record = |v: &str| vec![PutRecord::new("k", Bytes::from(v.to_owned()))];
+    let first = {
+        let (producer, told) = (producer.clone(), told.clone());
+        let record = record("first");
+        tokio::spawn(async move {
+            producer.send(record).await.unwrap();
+            told.store(true, Ordering::SeqCst);
+        })
+    };
+    let calls = || recording.calls.lock().unwrap().len();
+    while calls() == 0 {
+        tokio::task::yield_now().await;
+    }
+    // The one shard's lane is in the held call: this record waits for it.
+    let second = {
+        let producer = producer.clone();
+        let record = record("second");
+        tokio::spawn(async move { producer.send(record).await.unwrap() })
+    };
+    while producer.inner.lanes.lock().unwrap().lanes[0]
+        .queue
+        .is_empty()
+    {
+        tokio::task::yield_now().await;
+    }
+    hold.add_permits(1);
+    first.await.unwrap();
+    second.await.unwrap();
+    producer.close().await;
+
+    assert_eq!(calls(), 2);
+    assert_eq!(
+        *recording.seen_at_start.lock().unwrap(),
+        vec![false, false],
+        "the second call started before the first call's sender was told"
+    );
+    let stored: Vec<Bytes> = read_everything(&local, "s")
+        .await
+        .into_iter()
+        .map(|r| r.data)
+        .collect();
+    assert_eq!(stored, vec![Bytes::from("first"), Bytes::from("second")]);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
