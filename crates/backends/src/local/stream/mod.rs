@@ -6,7 +6,8 @@
 //! fdatasync (group commit), and only then indexes and acknowledges them.
 //! Splits and merges go through the same writer, so a parent's ending
 //! sequence number is final once the shard is closed. Readers look records
-//! up in an in-memory index per shard and read frames with `pread`,
+//! up in an in-memory index per shard (the newest records'; older ones in
+//! the segments' index files, see `resident`) and read frames with `pread`,
 //! checking each checksum.
 //!
 //! A sealed segment's index (which lets the next start skip scanning it)
