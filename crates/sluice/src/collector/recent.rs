@@ -9,9 +9,17 @@
 //! so a resend that races its first copy is written twice rather than
 //! risk losing it; consumers' dedup catches those, and what crosses
 //! collector processes.
+//!
+//! The ids are kept in generations: sets that each take an eighth of the
+//! capacity or of the window, oldest first. A generation is forgotten whole,
+//! when its newest id has left the window or when a new one needs its room,
+//! so an id is held for the window and at most an eighth of it more, and
+//! nothing is done per id to forget it. No set grows past an eighth of the
+//! capacity, and a new one starts at the size the last one reached: the
+//! window never stops its callers to move a large table.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
@@ -21,29 +29,38 @@ use sluice_core::hash::BuildPrehashed;
 /// A remembered event: a keyed 128-bit hash of its site and id.
 pub type EventKey = u128;
 
+/// Generations at most: each holds an eighth of the capacity and starts
+/// within an eighth of the window.
+const GENERATIONS: usize = 8;
+
 pub struct RecentEvents {
     window: Duration,
-    capacity: usize,
+    /// Generations at most: [`GENERATIONS`], fewer for a tiny capacity.
+    generations: usize,
+    /// Ids a generation holds at most.
+    room: usize,
+    /// How long after its first id a generation takes new ones.
+    span: Duration,
     keys: (RandomState, RandomState),
-    inner: Mutex<Inner>,
+    inner: Mutex<VecDeque<Generation>>,
 }
 
-#[derive(Default)]
-struct Inner {
-    /// When each key was remembered, and the number of that remembering.
-    /// The keys are keyed hashes already: they are not hashed again.
-    seen: HashMap<EventKey, (Instant, u64), BuildPrehashed>,
-    /// In the order remembered; an entry whose number no longer matches
-    /// `seen` was remembered again later.
-    order: VecDeque<(EventKey, u64)>,
-    next: u64,
+/// Ids remembered within a span of time, oldest generation first.
+struct Generation {
+    /// Keyed hashes already: they are not hashed again.
+    ids: HashSet<EventKey, BuildPrehashed>,
+    opened: Instant,
+    newest: Instant,
 }
 
 impl RecentEvents {
     pub fn new(window: Duration, capacity: usize) -> Self {
+        let generations = GENERATIONS.min(capacity).max(1);
         Self {
             window,
-            capacity,
+            generations,
+            room: capacity / generations,
+            span: window / generations as u32,
             keys: (RandomState::new(), RandomState::new()),
             inner: Mutex::default(),
         }
@@ -51,7 +68,7 @@ impl RecentEvents {
 
     /// Whether the window is on at all.
     pub fn enabled(&self) -> bool {
-        !self.window.is_zero() && self.capacity > 0
+        !self.window.is_zero() && self.room > 0
     }
 
     pub fn key(&self, site: &str, event_id: &str) -> EventKey {
@@ -65,15 +82,20 @@ impl RecentEvents {
     }
 
     pub fn seen_at(&self, keys: &[EventKey], now: Instant) -> Vec<bool> {
-        let inner = self.inner.lock().expect("recent events lock");
+        let generations = self.inner.lock().expect("recent events lock");
+        let live: Vec<&Generation> = generations
+            .iter()
+            .rev()
+            .take_while(|g| self.holds(g, now))
+            .collect();
         keys.iter()
-            .map(|key| {
-                inner
-                    .seen
-                    .get(key)
-                    .is_some_and(|(at, _)| now.saturating_duration_since(*at) < self.window)
-            })
+            .map(|key| live.iter().any(|g| g.ids.contains(key)))
             .collect()
+    }
+
+    /// Whether a generation's ids still count: its newest is in the window.
+    fn holds(&self, generation: &Generation, now: Instant) -> bool {
+        now.saturating_duration_since(generation.newest) < self.window
     }
 
     /// Remembers keys the stream acknowledged.
@@ -85,41 +107,37 @@ impl RecentEvents {
         if !self.enabled() || keys.is_empty() {
             return;
         }
-        let mut inner = self.inner.lock().expect("recent events lock");
-        let Inner { seen, order, next } = &mut *inner;
+        let mut generations = self.inner.lock().expect("recent events lock");
+        // Forget the generations whose every id left the window.
+        while generations.front().is_some_and(|g| !self.holds(g, now)) {
+            generations.pop_front();
+        }
         for key in keys {
-            *next += 1;
-            seen.insert(*key, (now, *next));
-            order.push_back((*key, *next));
-        }
-        // Forget what left the window, and the oldest past the capacity.
-        while let Some(&(key, number)) = order.front() {
-            let current = seen.get(&key).filter(|(_, n)| *n == number);
-            match current {
-                Some((at, _))
-                    if now.saturating_duration_since(*at) < self.window
-                        && seen.len() <= self.capacity =>
-                {
-                    break
+            let current = generations.back().filter(|g| {
+                g.ids.len() < self.room && now.saturating_duration_since(g.opened) < self.span
+            });
+            if current.is_none() {
+                // The last generation's size is the best guess of the next's.
+                let size = generations.back().map_or(0, |g| g.ids.len());
+                if generations.len() == self.generations {
+                    generations.pop_front();
                 }
-                Some(_) => {
-                    seen.remove(&key);
-                }
-                // Remembered again later: a stale place in the queue.
-                None => {}
+                generations.push_back(Generation {
+                    ids: HashSet::with_capacity_and_hasher(size, BuildPrehashed::default()),
+                    opened: now,
+                    newest: now,
+                });
             }
-            order.pop_front();
-        }
-        // Keys remembered twice leave stale places behind the front; keep
-        // the queue within twice the capacity.
-        if order.len() > 2 * self.capacity {
-            order.retain(|(key, number)| seen.get(key).is_some_and(|(_, n)| n == number));
+            let current = generations.back_mut().expect("a generation was just made");
+            current.ids.insert(*key);
+            current.newest = now;
         }
     }
 
     /// Event ids held now.
     pub fn len(&self) -> usize {
-        self.inner.lock().expect("recent events lock").seen.len()
+        let generations = self.inner.lock().expect("recent events lock");
+        generations.iter().map(|g| g.ids.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -151,19 +169,57 @@ mod tests {
     fn memory_stays_within_the_capacity_oldest_first() {
         let recent = RecentEvents::new(Duration::from_secs(600), 1_000);
         let now = Instant::now();
-        let keys: Vec<EventKey> = (0..10_000)
+        let keys: Vec<EventKey> = (0..10_005)
             .map(|i| recent.key("shop", &format!("e-{i}")))
             .collect();
         for chunk in keys.chunks(10) {
             recent.remember_at(chunk, now);
         }
-        assert_eq!(recent.len(), 1_000);
-        assert_eq!(recent.seen_at(&keys[9_999..], now), [true]);
-        assert_eq!(recent.seen_at(&keys[..1], now), [false]);
-        // The same few ids again and again do not grow the queue.
+        // Whole generations of 125 go: between seven and eight of them stay.
+        let held = recent.len();
+        assert!((875..=1_000).contains(&held), "{held} ids held");
+        assert!(recent
+            .seen_at(&keys[10_005 - 875..], now)
+            .iter()
+            .all(|&s| s));
+        assert!(!recent
+            .seen_at(&keys[..10_005 - 1_000], now)
+            .iter()
+            .any(|&s| s));
+        // A new generation starts at the size the last one reached.
+        {
+            let generations = recent.inner.lock().unwrap();
+            let newest = generations.back().unwrap();
+            assert_eq!(newest.ids.len(), 5);
+            assert!(newest.ids.capacity() >= 125);
+        }
+        // The same few ids again and again do not grow the window.
         for _ in 0..10_000 {
             recent.remember_at(&keys[..3], now);
         }
-        assert!(recent.inner.lock().unwrap().order.len() <= 2_000 + 3);
+        assert!(recent.len() <= 1_000);
+    }
+
+    #[test]
+    fn an_id_is_held_for_the_window_and_at_most_an_eighth_of_it_more() {
+        // Generations start at least 100 s apart.
+        let recent = RecentEvents::new(Duration::from_secs(800), 1_000);
+        let start = Instant::now();
+        let at = |secs| start + Duration::from_secs(secs);
+        let [a, b, c] = ["a", "b", "c"].map(|id| recent.key("shop", id));
+        recent.remember_at(&[a], at(0));
+        recent.remember_at(&[b], at(50));
+        recent.remember_at(&[c], at(150));
+        assert_eq!(
+            recent.inner.lock().unwrap().len(),
+            2,
+            "c opened a generation"
+        );
+        // a is 820 s old, but its generation's newest id (b) is not.
+        assert_eq!(recent.seen_at(&[a, b, c], at(820)), [true, true, true]);
+        assert_eq!(recent.seen_at(&[a, b, c], at(850)), [false, false, true]);
+        recent.remember_at(&[a], at(850));
+        assert_eq!(recent.len(), 2, "the first generation was forgotten whole");
+        assert_eq!(recent.seen_at(&[a, b, c], at(950)), [true, false, false]);
     }
 }
