@@ -42,10 +42,11 @@ pub struct RecentEvents {
     /// How long after its first id a generation takes new ones.
     span: Duration,
     keys: (RandomState, RandomState),
+    /// Oldest first; the last takes new ids.
     inner: Mutex<VecDeque<Generation>>,
 }
 
-/// Ids remembered within a span of time, oldest generation first.
+/// Ids remembered within one span of time.
 struct Generation {
     /// Keyed hashes already: they are not hashed again.
     ids: HashSet<EventKey, BuildPrehashed>,
