@@ -453,7 +453,9 @@ impl StreamBackend for LocalStreams {
             .remove(name)
             .ok_or_else(|| StreamError::StreamNotFound(name.to_owned()))?;
         let dir = stream.shared.dir.clone();
-        // Its threads end first, so nothing writes into the removed directory.
+        // Its threads end here, before the directory goes, unless a call
+        // in flight still holds the stream: they end with that call, and
+        // what it wrote goes with the removed files.
         drop(stream);
         fs::remove_dir_all(&dir).map_err(storage)?;
         self.options.disk.sync_dir(&self.root).map_err(storage)
