@@ -84,13 +84,19 @@ impl RecentEvents {
 
     pub fn seen_at(&self, keys: &[EventKey], now: Instant) -> Vec<bool> {
         let generations = self.inner.lock().expect("recent events lock");
-        let live: Vec<&Generation> = generations
+        let live = generations
             .iter()
             .rev()
             .take_while(|g| self.holds(g, now))
-            .collect();
+            .count();
         keys.iter()
-            .map(|key| live.iter().any(|g| g.ids.contains(key)))
+            .map(|key| {
+                generations
+                    .iter()
+                    .rev()
+                    .take(live)
+                    .any(|g| g.ids.contains(key))
+            })
             .collect()
     }
 
