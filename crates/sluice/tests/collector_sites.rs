@@ -51,11 +51,28 @@ struct Server {
 }
 
 async fn serve_with(config_text: &str, limits: HttpLimits) -> Server {
+    serve_on(config_text, limits, None).await
+}
+
+/// As [`serve_with`]; with `stall`, every write to the stream first takes a
+/// permit from it.
+async fn serve_on(
+    config_text: &str,
+    limits: HttpLimits,
+    stall: Option<Arc<tokio::sync::Semaphore>>,
+) -> Server {
     let config = Config::parse(config_text, "test.toml").unwrap();
     let dir = tempfile::tempdir().unwrap();
-    let streams: Arc<dyn StreamBackend> =
+    let mut streams: Arc<dyn StreamBackend> =
         Arc::new(LocalStreams::open(dir.path(), LocalStreamOptions::default()).unwrap());
     streams.create_stream("inbound", 2).await.unwrap();
+    if stall.is_some() {
+        let faults = sluice_backends::fault::Faults {
+            stall,
+            ..Default::default()
+        };
+        streams = Arc::new(sluice_backends::fault::FaultyStreams::new(streams, faults));
+    }
     let producer = Producer::start(streams.clone(), "inbound", ProducerConfig::default())
         .await
         .unwrap();
@@ -422,6 +439,59 @@ async fn a_resent_event_is_acknowledged_and_not_written_again() {
         ]
     );
     assert_eq!(server.collector.recent.len(), 3);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_resend_while_its_first_copy_is_written_waits_for_it_and_lands_once() {
+    let stall = Arc::new(tokio::sync::Semaphore::new(0));
+    let server = serve_on(SITES, HttpLimits::default(), Some(stall.clone())).await;
+    let send = |url: String| async move {
+        let body = "{\"type\":\"purchase\",\"event_id\":\"e-1\"}\n";
+        let response = beacon(&url, SHOP_KEY, Some(SHOP), body).await;
+        (response.status(), response.text().await.unwrap())
+    };
+    // The first copy is held at the stream while its resend comes in, as a
+    // page's beacon and the next page's resend of it can be.
+    let first = tokio::spawn(send(server.url.clone()));
+    received_at_least(&server.url, 1.0).await;
+    let resend = tokio::spawn(send(server.url.clone()));
+    received_at_least(&server.url, 2.0).await;
+    stall.add_permits(1_000);
+    let accepted = (
+        reqwest::StatusCode::ACCEPTED,
+        r#"{"accepted":1}"#.to_owned(),
+    );
+    assert_eq!(first.await.unwrap(), accepted);
+    assert_eq!(resend.await.unwrap(), accepted);
+    let landed = inbound(&server.url).await;
+    assert_eq!(landed.len(), 1, "{landed:?}");
+}
+
+/// Waits until the collector has received `n` events (read, not yet
+/// written).
+async fn received_at_least(url: &str, n: f64) {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let text = reqwest::get(format!("{url}/metrics"))
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        let received = text.lines().find_map(|line| {
+            line.strip_prefix("sluice_collector_events_received_total ")?
+                .parse::<f64>()
+                .ok()
+        });
+        if received.is_some_and(|r| r >= n) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{n} events never arrived: {received:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -150,6 +150,37 @@ pub async fn endpoint(
     response
 }
 
+/// Claims `keys` to write. A key another request is writing is waited for
+/// (this request's own claims let go meanwhile, so two requests never wait
+/// on each other) and claimed again: by then it was acknowledged, or it is
+/// this request's to write. After a few rounds of waiting, what is still
+/// another's is written anyway: at least once is the floor.
+async fn claim_or_wait<'a>(
+    recent: &'a recent::RecentEvents,
+    keys: &[recent::EventKey],
+) -> (Vec<recent::Verdict>, recent::Writing<'a>) {
+    const ROUNDS: usize = 3;
+    for _ in 0..ROUNDS {
+        let (verdicts, writing) = recent.claim(keys);
+        let waits: Vec<_> = verdicts
+            .iter()
+            .filter_map(|v| match v {
+                recent::Verdict::Wait(done) => Some(done.clone()),
+                _ => None,
+            })
+            .collect();
+        if waits.is_empty() {
+            return (verdicts, writing);
+        }
+        drop(writing);
+        for mut done in waits {
+            // Err: the writer is done; there is never a value to see.
+            let _ = done.changed().await;
+        }
+    }
+    recent.claim(keys)
+}
+
 /// Counts a collector answer by status and times it from `started`.
 fn measure(started: Instant, response: &Response) {
     static DURATION: OnceLock<Histogram> = OnceLock::new();
@@ -435,15 +466,18 @@ async fn post_events(
     }
 
     // Events this site's senders had acknowledged lately are acknowledged
-    // again and not written twice (nor twice within one request).
-    let mut written_keys = Vec::new();
+    // again and not written twice (nor twice within one request); one that
+    // another request is writing now waits for that write.
+    let mut writing = None;
     if let Some((site, _)) = dedup {
         let keys: Vec<Option<recent::EventKey>> = sender_ids
             .iter()
             .map(|id| id.as_deref().map(|id| collector.recent.key(&site.name, id)))
             .collect();
         let present: Vec<recent::EventKey> = keys.iter().flatten().copied().collect();
-        let mut seen = collector.recent.seen(&present).into_iter();
+        let (verdicts, claimed) = claim_or_wait(&collector.recent, &present).await;
+        writing = Some(claimed);
+        let mut verdicts = verdicts.into_iter();
         let mut in_request = std::collections::HashSet::with_capacity_and_hasher(
             keys.len(),
             sluice_core::hash::BuildPrehashed::default(),
@@ -452,11 +486,8 @@ async fn post_events(
         for key in &keys {
             keep.push(match key {
                 Some(key) => {
-                    let again = seen.next().unwrap_or(false) || !in_request.insert(*key);
-                    if !again {
-                        written_keys.push(*key);
-                    }
-                    !again
+                    let seen = matches!(verdicts.next(), Some(recent::Verdict::Seen));
+                    !seen && in_request.insert(*key)
                 }
                 None => true,
             });
@@ -492,7 +523,9 @@ async fn post_events(
     drop(permit);
     match sent {
         Ok(()) => {
-            collector.recent.remember(&written_keys);
+            if let Some(writing) = writing {
+                writing.written();
+            }
             collector.accepted.add(to_write as u64);
             // `{"accepted": n}`, written directly: it is every answer's body.
             Ok((

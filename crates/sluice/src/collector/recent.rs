@@ -5,9 +5,10 @@
 //! answer; a page may close before a `fetch` answers). Each acknowledged
 //! `(site, event_id)` is remembered for a window (ten minutes by default)
 //! as a 128-bit keyed hash, in bounded memory: past `capacity` the oldest
-//! go first. An id is remembered only once the stream has acknowledged it,
-//! so a resend that races its first copy is written twice rather than
-//! risk losing it; consumers' dedup catches those, and what crosses
+//! go first. An id is remembered only once the stream has acknowledged it.
+//! A resend that arrives while its first copy is still being written waits
+//! for that write: acknowledged, the resend is too, without being written;
+//! failed, the resend is written. Consumers' dedup catches what crosses
 //! collector processes.
 //!
 //! The ids are kept in generations: sets that each take an eighth of the
@@ -19,12 +20,13 @@
 //! window never stops its callers to move a large table.
 
 use std::collections::hash_map::RandomState;
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 use std::hash::BuildHasher;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use sluice_core::hash::BuildPrehashed;
+use tokio::sync::watch;
 
 /// A remembered event: a keyed 128-bit hash of its site and id.
 pub type EventKey = u128;
@@ -42,8 +44,55 @@ pub struct RecentEvents {
     /// How long after its first id a generation takes new ones.
     span: Duration,
     keys: (RandomState, RandomState),
+    inner: Mutex<Window>,
+}
+
+#[derive(Default)]
+struct Window {
     /// Oldest first; the last takes new ids.
-    inner: Mutex<VecDeque<Generation>>,
+    generations: VecDeque<Generation>,
+    /// Ids being written now, each with a receiver that wakes when its
+    /// writer is done (written or not).
+    writing: HashMap<EventKey, watch::Receiver<()>, BuildPrehashed>,
+}
+
+/// What a caller is to do with an event id.
+pub enum Verdict {
+    /// Acknowledged within the window: not to be written again.
+    Seen,
+    /// This caller writes it, under its [`Writing`].
+    Write,
+    /// Another caller is writing it: wait for this, then claim it again.
+    Wait(watch::Receiver<()>),
+}
+
+/// The ids a caller claimed to write. Others carrying them wait until it is
+/// dropped; [`Writing::written`] first remembers them.
+pub struct Writing<'a> {
+    recent: &'a RecentEvents,
+    keys: Vec<EventKey>,
+    /// Dropped last: wakes the waiters once the ids are remembered or let go.
+    _done: watch::Sender<()>,
+}
+
+impl Writing<'_> {
+    /// The stream acknowledged the claimed ids: remember them.
+    pub fn written(mut self) {
+        let keys = std::mem::take(&mut self.keys);
+        self.recent.remember_at(&keys, Instant::now());
+    }
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        if self.keys.is_empty() {
+            return;
+        }
+        let mut window = self.recent.inner.lock().expect("recent events lock");
+        for key in &self.keys {
+            window.writing.remove(key);
+        }
+    }
 }
 
 /// Ids remembered within one span of time.
@@ -83,21 +132,55 @@ impl RecentEvents {
     }
 
     pub fn seen_at(&self, keys: &[EventKey], now: Instant) -> Vec<bool> {
-        let generations = self.inner.lock().expect("recent events lock");
-        let live = generations
+        let window = self.inner.lock().expect("recent events lock");
+        keys.iter()
+            .map(|key| self.holds_id(&window, key, now))
+            .collect()
+    }
+
+    /// Whether `key` is in a generation whose ids still count.
+    fn holds_id(&self, window: &Window, key: &EventKey, now: Instant) -> bool {
+        window
+            .generations
             .iter()
             .rev()
             .take_while(|g| self.holds(g, now))
-            .count();
-        keys.iter()
+            .any(|g| g.ids.contains(key))
+    }
+
+    /// For each key, what the caller is to do with it; the ids it is to
+    /// write are claimed until the returned [`Writing`] is dropped. A key
+    /// twice in `keys` is claimed once, and `Write` both times.
+    pub fn claim(&self, keys: &[EventKey]) -> (Vec<Verdict>, Writing<'_>) {
+        let (done, receiver) = watch::channel(());
+        let mut writing = Writing {
+            recent: self,
+            keys: Vec::new(),
+            _done: done,
+        };
+        if !self.enabled() {
+            return (keys.iter().map(|_| Verdict::Write).collect(), writing);
+        }
+        let now = Instant::now();
+        let mut window = self.inner.lock().expect("recent events lock");
+        let verdicts = keys
+            .iter()
             .map(|key| {
-                generations
-                    .iter()
-                    .rev()
-                    .take(live)
-                    .any(|g| g.ids.contains(key))
+                if self.holds_id(&window, key, now) {
+                    return Verdict::Seen;
+                }
+                match window.writing.get(key) {
+                    Some(other) if !other.same_channel(&receiver) => Verdict::Wait(other.clone()),
+                    Some(_) => Verdict::Write,
+                    None => {
+                        window.writing.insert(*key, receiver.clone());
+                        writing.keys.push(*key);
+                        Verdict::Write
+                    }
+                }
             })
-            .collect()
+            .collect();
+        (verdicts, writing)
     }
 
     /// Whether a generation's ids still count: its newest is in the window.
@@ -114,7 +197,14 @@ impl RecentEvents {
         if !self.enabled() || keys.is_empty() {
             return;
         }
-        let mut generations = self.inner.lock().expect("recent events lock");
+        let mut window = self.inner.lock().expect("recent events lock");
+        let Window {
+            generations,
+            writing,
+        } = &mut *window;
+        for key in keys {
+            writing.remove(key);
+        }
         // Forget the generations whose every id left the window.
         while generations.front().is_some_and(|g| !self.holds(g, now)) {
             generations.pop_front();
@@ -143,8 +233,8 @@ impl RecentEvents {
 
     /// Event ids held now.
     pub fn len(&self) -> usize {
-        let generations = self.inner.lock().expect("recent events lock");
-        generations.iter().map(|g| g.ids.len()).sum()
+        let window = self.inner.lock().expect("recent events lock");
+        window.generations.iter().map(|g| g.ids.len()).sum()
     }
 
     pub fn is_empty(&self) -> bool {
@@ -195,8 +285,8 @@ mod tests {
             .any(|&s| s));
         // A new generation starts at the size the last one reached.
         {
-            let generations = recent.inner.lock().unwrap();
-            let newest = generations.back().unwrap();
+            let window = recent.inner.lock().unwrap();
+            let newest = window.generations.back().unwrap();
             assert_eq!(newest.ids.len(), 5);
             assert!(newest.ids.capacity() >= 125);
         }
@@ -218,7 +308,7 @@ mod tests {
         recent.remember_at(&[b], at(50));
         recent.remember_at(&[c], at(150));
         assert_eq!(
-            recent.inner.lock().unwrap().len(),
+            recent.inner.lock().unwrap().generations.len(),
             2,
             "c opened a generation"
         );
@@ -228,5 +318,35 @@ mod tests {
         recent.remember_at(&[a], at(850));
         assert_eq!(recent.len(), 2, "the first generation was forgotten whole");
         assert_eq!(recent.seen_at(&[a, b, c], at(950)), [true, false, false]);
+    }
+
+    #[tokio::test]
+    async fn an_id_being_written_is_waited_for_then_seen_or_claimed_again() {
+        let recent = RecentEvents::new(Duration::from_secs(600), 1_000);
+        let [a, b] = ["a", "b"].map(|id| recent.key("shop", id));
+        let (first, writing) = recent.claim(&[a, a]);
+        assert!(matches!(first[..], [Verdict::Write, Verdict::Write]));
+
+        // A second caller waits for a; b is its own to write.
+        let (second, other) = recent.claim(&[a, b]);
+        let [Verdict::Wait(done), Verdict::Write] = &second[..] else {
+            panic!("a should be waited for, b written");
+        };
+        let mut done = done.clone();
+        let waiting = tokio::spawn(async move { done.changed().await.is_err() });
+        tokio::task::yield_now().await;
+        assert!(
+            !waiting.is_finished(),
+            "the wait ends only when the writer is done"
+        );
+        writing.written();
+        assert!(waiting.await.unwrap(), "the writer's end wakes the waiter");
+        assert!(matches!(recent.claim(&[a]).0[..], [Verdict::Seen]));
+
+        // A writer that fails lets go: the id is the next caller's to write.
+        drop(other);
+        let (third, _writing) = recent.claim(&[b]);
+        assert!(matches!(third[..], [Verdict::Write]));
+        assert_eq!(recent.seen(&[b]), [false]);
     }
 }
