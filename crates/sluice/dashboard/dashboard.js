@@ -20,9 +20,11 @@ function headers() {
 }
 
 async function api(path) {
+  const sent = sessionStorage.getItem('sluice-token');
   const response = await fetch(path, { headers: headers() });
   if (response.status === 401) {
-    $('#token-form').hidden = false;
+    // A refusal of what was sent before a token was given asks for nothing.
+    if (sessionStorage.getItem('sluice-token') === sent) $('#token-form').hidden = false;
     throw new Error('a bearer token is needed');
   }
   if (!response.ok) throw new Error((await response.json()).error || response.statusText);
