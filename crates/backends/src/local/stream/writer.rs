@@ -22,8 +22,10 @@ pub(super) fn start_writer(
         .name(format!("sluice-index-{}", shared.name))
         .spawn(move || write_indexes(&index_shared, sealed))
         .expect("spawn index writer");
+    let open = shared.state.read().expect("state lock").meta.open_ranges();
     let writer = Writer {
         shared: shared.clone(),
+        open,
         active,
         active_entries,
         next_seq,
@@ -69,6 +71,8 @@ fn write_indexes(shared: &Shared, sealed: std::sync::mpsc::Receiver<Sealed>) {
 
 struct Writer {
     shared: Arc<Shared>,
+    /// The open shards' hash ranges, in order: changed only here, by resharding.
+    open: Vec<(u128, u128, u32)>,
     active: ActiveSegment,
     active_entries: Entries,
     next_seq: u64,
@@ -132,13 +136,7 @@ impl Writer {
 
     fn commit(&mut self, group: &mut Vec<Put>) {
         let arrival = now_ms().max(self.last_arrival);
-        let open = self
-            .shared
-            .state
-            .read()
-            .expect("state lock")
-            .meta
-            .open_ranges();
+        let open = &self.open;
         let mut seq = self.next_seq;
         let mut entries = Vec::new();
         let mut results = Vec::with_capacity(group.len());
@@ -247,6 +245,7 @@ impl Writer {
         while state.shards.len() < meta.shards.len() {
             state.shards.push(Entries::default());
         }
+        self.open = meta.open_ranges();
         state.meta = meta;
         Ok(())
     }
