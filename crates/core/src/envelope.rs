@@ -214,15 +214,32 @@ impl EnvelopeBuilder {
             self.out.push(b',');
         }
         self.empty = false;
-        // Writing a str into a Vec cannot fail.
-        serde_json::to_writer(&mut self.out, name).expect("write header name");
+        self.string(name);
         self.out.push(b':');
+    }
+
+    /// A JSON string. Most names and values need no escape and are copied
+    /// between quotes as they are.
+    fn string(&mut self, text: &str) {
+        // Without an early exit, so that the check runs many bytes a step.
+        let plain = !text.bytes().fold(false, |escape, b| {
+            escape | (b < 0x20) | (b == b'"') | (b == b'\\')
+        });
+        if plain {
+            self.out.reserve(text.len() + 2);
+            self.out.push(b'"');
+            self.out.extend_from_slice(text.as_bytes());
+            self.out.push(b'"');
+        } else {
+            // Writing a str into a Vec cannot fail.
+            serde_json::to_writer(&mut self.out, text).expect("write a JSON string");
+        }
     }
 
     /// A string header, escaped as JSON needs.
     pub fn header_str(&mut self, name: &str, value: &str) {
         self.name(name);
-        serde_json::to_writer(&mut self.out, value).expect("write header value");
+        self.string(value);
     }
 
     /// A header from a JSON value (the caller keeps to strings, numbers and booleans).
@@ -736,6 +753,24 @@ mod tests {
                 prop_assert_eq!(envelope.headers.get(k).and_then(HeaderValue::as_str), Some(v.as_str()));
             }
             prop_assert_eq!(envelope.payload, Some(payload.as_bytes()));
+        }
+
+        /// Names and values are written as serde_json writes them, escapes
+        /// and control characters included.
+        #[test]
+        fn string_headers_are_written_as_serde_json_writes_them(
+            name in "[\\x00-\\x7f\u{e9}]{1,8}",
+            value in "[\\x00-\\x7f\u{e9}\u{1F600}]{0,16}",
+        ) {
+            let mut builder = EnvelopeBuilder::with_capacity(0);
+            builder.header_str(&name, &value);
+            let written = String::from_utf8(builder.finish(None)).unwrap();
+            let want = format!(
+                "{{\"headers\":{{{}:{}}}}}",
+                serde_json::to_string(&name).unwrap(),
+                serde_json::to_string(&value).unwrap()
+            );
+            prop_assert_eq!(written, want);
         }
 
         /// The header scanner agrees with serde_json wherever it answers,
