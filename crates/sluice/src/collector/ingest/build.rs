@@ -90,9 +90,14 @@ impl RawHeaders<'_> {
     }
 }
 
-/// The deepest nesting of arrays and objects in a JSON text.
-pub(super) fn nesting_depth(json: &[u8]) -> usize {
-    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0usize, false, false);
+/// Whether a JSON text nests arrays and objects more than `max` deep.
+pub(super) fn nests_deeper_than(json: &[u8], max: usize) -> bool {
+    // Nothing nests deeper than its count of opening brackets, and most
+    // payloads have a few: counting them is quicker than reading strings.
+    if json.iter().filter(|&&b| b == b'[' || b == b'{').count() <= max {
+        return false;
+    }
+    let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
     for &b in json {
         if in_string {
             match (escaped, b) {
@@ -107,13 +112,15 @@ pub(super) fn nesting_depth(json: &[u8]) -> usize {
             b'"' => in_string = true,
             b'[' | b'{' => {
                 depth += 1;
-                deepest = deepest.max(depth);
+                if depth > max {
+                    return true;
+                }
             }
             b']' | b'}' => depth = depth.saturating_sub(1),
             _ => {}
         }
     }
-    deepest
+    false
 }
 
 pub(super) fn bad(reason: impl Into<String>) -> (u16, String) {
@@ -145,7 +152,15 @@ pub(super) fn build<'a>(
     // No size check before parsing: whitespace and `partition_key` are not
     // part of the envelope, so only the envelope's size can be held to the
     // limit (the body's size bounds the parsing).
-    let event: IncomingEvent = serde_json::from_slice(text).map_err(|e| {
+    // UTF-8 is checked once here, so that parsing from `str` checks no
+    // string or raw value again.
+    let text = std::str::from_utf8(text).map_err(|e| {
+        bad(format!(
+            "not valid JSON: the text is not UTF-8 (at byte {})",
+            e.valid_up_to()
+        ))
+    })?;
+    let event: IncomingEvent = serde_json::from_str(text).map_err(|e| {
         if e.is_data() {
             bad(format!("not a valid event: {e}"))
         } else {
@@ -192,7 +207,7 @@ pub(super) fn build<'a>(
         }
     }
     if let Some(payload) = event.payload {
-        if nesting_depth(payload.get().as_bytes()) > MAX_PAYLOAD_DEPTH {
+        if nests_deeper_than(payload.get().as_bytes(), MAX_PAYLOAD_DEPTH) {
             return Err(bad(format!(
                 "payload nests deeper than {MAX_PAYLOAD_DEPTH} levels"
             )));

@@ -43,20 +43,20 @@ pub enum BodyFormat {
 impl BodyFormat {
     /// The format for a Content-Type value, or `None` if unsupported.
     pub fn from_content_type(value: &str) -> Option<Self> {
-        let essence = value
-            .split(';')
-            .next()
-            .unwrap_or("")
-            .trim()
-            .to_ascii_lowercase();
-        match essence.as_str() {
-            "application/json" => Some(BodyFormat::Json),
-            "application/x-ndjson"
-            | "application/ndjson"
-            | "application/jsonl"
-            | "application/x-jsonlines" => Some(BodyFormat::Ndjson),
-            "text/plain" => Some(BodyFormat::Text),
-            _ => None,
+        let essence = value.split(';').next().unwrap_or("").trim();
+        let is = |name: &str| essence.eq_ignore_ascii_case(name);
+        if is("application/json") {
+            Some(BodyFormat::Json)
+        } else if is("application/x-ndjson")
+            || is("application/ndjson")
+            || is("application/jsonl")
+            || is("application/x-jsonlines")
+        {
+            Some(BodyFormat::Ndjson)
+        } else if is("text/plain") {
+            Some(BodyFormat::Text)
+        } else {
+            None
         }
     }
 }
@@ -216,8 +216,36 @@ impl Clock for SystemClock {
 
 /// RFC 3339 in, UTC with milliseconds out.
 pub fn normalize_ts(text: &str) -> Option<String> {
+    if is_normal_ts(text) {
+        return Some(text.to_owned());
+    }
     let parsed = chrono::DateTime::parse_from_rfc3339(text).ok()?;
     Some(format_ts(parsed.with_timezone(&chrono::Utc)))
+}
+
+/// Whether a time is already as [`normalize_ts`] writes it
+/// (`YYYY-MM-DDTHH:MM:SS.mmmZ`, a real date, no leap second): what the
+/// tracker and most senders send, kept without parsing and formatting.
+fn is_normal_ts(text: &str) -> bool {
+    let b = text.as_bytes();
+    let shape = b"dddd-dd-ddTdd:dd:dd.dddZ";
+    if b.len() != shape.len()
+        || !b.iter().zip(shape).all(|(&c, &s)| match s {
+            b'd' => c.is_ascii_digit(),
+            _ => c == s,
+        })
+    {
+        return false;
+    }
+    let num = |at: usize, len: usize| {
+        b[at..at + len]
+            .iter()
+            .fold(0u32, |n, &c| n * 10 + u32::from(c - b'0'))
+    };
+    num(11, 2) < 24
+        && num(14, 2) < 60
+        && num(17, 2) < 60
+        && chrono::NaiveDate::from_ymd_opt(num(0, 4) as i32, num(5, 2), num(8, 2)).is_some()
 }
 
 pub fn format_ts(at: chrono::DateTime<chrono::Utc>) -> String {
@@ -476,6 +504,12 @@ mod tests {
             "{:?}",
             rejections[0]
         );
+        let one_too_deep = format!(
+            r#"{{"type":"a","payload":{}{}}}"#,
+            "[".repeat(65),
+            "]".repeat(65)
+        );
+        assert_eq!(reject(&one_too_deep, BodyFormat::Ndjson)[0].status, 400);
         let nested_ok = format!(
             r#"{{"type":"a","payload":{}"[{{]\"}}"{}}}"#,
             "[".repeat(64),
@@ -596,5 +630,52 @@ mod tests {
                 .get("client_address"),
             Some(&HeaderValue::Str("1.2.3.4".into()))
         );
+    }
+
+    /// Times already in the normal form are kept as sent; every other
+    /// text goes through the parser. Both give what the parser alone gives.
+    fn parsed(text: &str) -> Option<String> {
+        let at = chrono::DateTime::parse_from_rfc3339(text).ok()?;
+        Some(format_ts(at.with_timezone(&chrono::Utc)))
+    }
+
+    #[test]
+    fn times_in_the_normal_form_are_kept_and_others_normalised() {
+        for (text, want) in [
+            ("2026-11-28T14:00:00.016Z", Some("2026-11-28T14:00:00.016Z")),
+            ("2024-02-29T23:59:59.999Z", Some("2024-02-29T23:59:59.999Z")),
+            ("2026-02-29T10:00:00.000Z", None),
+            ("2026-04-31T10:00:00.000Z", None),
+            ("2026-13-01T10:00:00.000Z", None),
+            ("2026-11-28T24:00:00.000Z", None),
+            ("2026-11-28T14:60:00.000Z", None),
+            ("2026-11-28T14:00:00.016z", Some("2026-11-28T14:00:00.016Z")),
+            (
+                "2026-11-28T15:00:00.016+01:00",
+                Some("2026-11-28T14:00:00.016Z"),
+            ),
+            ("2026-11-28T14:00:00Z", Some("2026-11-28T14:00:00.000Z")),
+        ] {
+            assert_eq!(normalize_ts(text).as_deref(), want, "{text}");
+            assert_eq!(normalize_ts(text), parsed(text), "{text}");
+        }
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn the_normal_form_shortcut_agrees_with_the_parser(
+            year in 0u32..10_000,
+            month in 0u32..14,
+            day in 0u32..33,
+            hour in 0u32..26,
+            minute in 0u32..62,
+            second in 0u32..62,
+            millis in 0u32..1000,
+        ) {
+            let text = format!(
+                "{year:04}-{month:02}-{day:02}T{hour:02}:{minute:02}:{second:02}.{millis:03}Z"
+            );
+            proptest::prop_assert_eq!(normalize_ts(&text), parsed(&text), "{}", text);
+        }
     }
 }
