@@ -14,10 +14,15 @@ pub(super) fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8]
     };
     match format {
         BodyFormat::Ndjson => {
-            let events: Vec<(usize, &[u8])> = body
-                .split(|b| *b == b'\n')
+            let ends = memchr::memchr_iter(b'\n', body).chain([body.len()]);
+            let mut start = 0;
+            let events: Vec<(usize, &[u8])> = ends
+                .map(|end| {
+                    let line = &body[start..end];
+                    start = end + 1;
+                    line.strip_suffix(b"\r").unwrap_or(line)
+                })
                 .enumerate()
-                .map(|(i, line)| (i, line.strip_suffix(b"\r").unwrap_or(line)))
                 .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
                 .collect();
             if events.is_empty() {
@@ -53,5 +58,35 @@ pub(super) fn split(body: &[u8], format: BodyFormat) -> Result<Vec<(usize, &[u8]
             }
         }
         BodyFormat::Text => unreachable!("text is read as JSON or NDJSON above"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    proptest::proptest! {
+        /// NDJSON lines are numbered as the body's lines, CRLF or LF, and
+        /// blank lines are skipped.
+        #[test]
+        fn ndjson_lines_keep_their_numbers(
+            lines in proptest::collection::vec("[ a{}\r\n]{0,6}", 0..8),
+        ) {
+            let body = lines.concat();
+            let want: Vec<(usize, &[u8])> = body
+                .as_bytes()
+                .split(|b| *b == b'\n')
+                .map(|line| line.strip_suffix(b"\r").unwrap_or(line))
+                .enumerate()
+                .filter(|(_, line)| line.iter().any(|b| !b.is_ascii_whitespace()))
+                .collect();
+            match split(body.as_bytes(), BodyFormat::Ndjson) {
+                Ok(events) => proptest::prop_assert_eq!(events, want),
+                Err(e) => {
+                    proptest::prop_assert_eq!(e, BodyError::Empty);
+                    proptest::prop_assert!(want.is_empty());
+                }
+            }
+        }
     }
 }
