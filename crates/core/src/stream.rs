@@ -5,7 +5,7 @@
 use std::borrow::Borrow;
 use std::fmt;
 use std::ops::Deref;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use async_trait::async_trait;
 use bytes::Bytes;
@@ -14,92 +14,143 @@ use crate::retry::Retryable;
 use crate::sequence::SequenceNumber;
 
 /// A partition key, shared: a record's key is copied once when it is read,
-/// however many outputs, calls and retries carry it afterwards.
-#[derive(Clone, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
-pub struct PartitionKey(Arc<str>);
+/// however many outputs, calls and retries carry it afterwards. Its MD5
+/// (the hash key that picks its shard) is worked out once too, when first
+/// asked for: the producer and the embedded streams both need it.
+#[derive(Clone, Default)]
+pub struct PartitionKey(Arc<Key>);
+
+#[derive(Default)]
+struct Key {
+    text: Box<str>,
+    hash: OnceLock<u128>,
+}
 
 impl PartitionKey {
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.0.text
+    }
+
+    /// The hash key Kinesis gives this partition key.
+    pub fn hash(&self) -> u128 {
+        *self
+            .0
+            .hash
+            .get_or_init(|| crate::hash::partition_hash(&self.0.text))
     }
 }
 
 impl Deref for PartitionKey {
     type Target = str;
     fn deref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl AsRef<str> for PartitionKey {
     fn as_ref(&self) -> &str {
-        &self.0
+        self.as_str()
     }
 }
 
 impl Borrow<str> for PartitionKey {
     fn borrow(&self) -> &str {
-        &self.0
+        self.as_str()
+    }
+}
+
+impl From<Box<str>> for PartitionKey {
+    fn from(text: Box<str>) -> Self {
+        Self(Arc::new(Key {
+            text,
+            hash: OnceLock::new(),
+        }))
     }
 }
 
 impl From<&str> for PartitionKey {
     fn from(key: &str) -> Self {
-        Self(Arc::from(key))
+        Self::from(Box::<str>::from(key))
     }
 }
 
 impl From<String> for PartitionKey {
     fn from(key: String) -> Self {
-        Self(Arc::from(key))
+        Self::from(key.into_boxed_str())
     }
 }
 
 impl From<&String> for PartitionKey {
     fn from(key: &String) -> Self {
-        Self(Arc::from(key.as_str()))
+        Self::from(key.as_str())
+    }
+}
+
+impl PartialEq for PartitionKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.as_str() == other.as_str()
+    }
+}
+
+impl Eq for PartitionKey {}
+
+impl std::hash::Hash for PartitionKey {
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        self.as_str().hash(state);
+    }
+}
+
+impl PartialOrd for PartitionKey {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
+
+impl Ord for PartitionKey {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        self.as_str().cmp(other.as_str())
     }
 }
 
 impl PartialEq<str> for PartitionKey {
     fn eq(&self, other: &str) -> bool {
-        *self.0 == *other
+        self.as_str() == other
     }
 }
 
 impl PartialEq<&str> for PartitionKey {
     fn eq(&self, other: &&str) -> bool {
-        *self.0 == **other
+        self.as_str() == *other
     }
 }
 
 impl PartialEq<String> for PartitionKey {
     fn eq(&self, other: &String) -> bool {
-        *self.0 == **other
+        self.as_str() == other.as_str()
     }
 }
 
 impl fmt::Debug for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        fmt::Debug::fmt(&*self.0, f)
+        fmt::Debug::fmt(self.as_str(), f)
     }
 }
 
 impl serde::Serialize for PartitionKey {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        serializer.serialize_str(&self.0)
+        serializer.serialize_str(self.as_str())
     }
 }
 
 impl<'de> serde::Deserialize<'de> for PartitionKey {
     fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        <std::borrow::Cow<'de, str>>::deserialize(deserializer).map(|key| Self(Arc::from(key)))
+        <std::borrow::Cow<'de, str>>::deserialize(deserializer).map(|key| Self::from(key.as_ref()))
     }
 }
 
 impl fmt::Display for PartitionKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(self.as_str())
     }
 }
 
@@ -124,7 +175,7 @@ impl PutRecord {
     /// The hash key that picks this record's shard.
     pub fn hash_key(&self) -> u128 {
         self.explicit_hash_key
-            .unwrap_or_else(|| crate::hash::partition_hash(&self.partition_key))
+            .unwrap_or_else(|| self.partition_key.hash())
     }
 }
 
@@ -341,4 +392,34 @@ pub fn validate_put(records: &[PutRecord]) -> Result<(), StreamError> {
         )));
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_partition_key_hashes_once_and_compares_as_its_text() {
+        let key = PartitionKey::from("user-42");
+        let copy = key.clone();
+        assert_eq!(key.hash(), crate::hash::partition_hash("user-42"));
+        assert_eq!(copy.hash(), key.hash(), "copies share the hash");
+        assert!(Arc::ptr_eq(&key.0, &copy.0));
+        let record = PutRecord::new(key.clone(), Bytes::from_static(b"x"));
+        assert_eq!(record.hash_key(), key.hash());
+        let explicit = PutRecord {
+            explicit_hash_key: Some(7),
+            ..record
+        };
+        assert_eq!(explicit.hash_key(), 7);
+
+        let mut keys: Vec<PartitionKey> = ["b", "a", "c"].map(PartitionKey::from).to_vec();
+        keys.sort();
+        assert_eq!(keys, ["a", "b", "c"]);
+        let set: std::collections::HashSet<PartitionKey> = keys.into_iter().collect();
+        assert!(set.contains("b"), "found by its text");
+        assert_eq!(format!("{key:?} {key}"), "\"user-42\" user-42");
+        let json = serde_json::to_string(&key).unwrap();
+        assert_eq!(serde_json::from_str::<PartitionKey>(&json).unwrap(), key);
+    }
 }

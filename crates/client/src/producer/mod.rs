@@ -21,7 +21,6 @@ use tokio::task::JoinHandle;
 use tokio::time::Instant;
 
 use sluice_core::aggregate::{self, Aggregator};
-use sluice_core::hash::partition_hash;
 use sluice_core::limits::{
     put_entry_bytes, MAX_BYTES_PER_PUT, MAX_RECORDS_PER_PUT, MAX_RECORD_BYTES,
 };
@@ -298,7 +297,7 @@ impl Producer {
         {
             let mut lanes = self.inner.lanes.lock().expect("lanes lock");
             for (index, record) in records.into_iter().enumerate() {
-                let key_hash = partition_hash(&record.partition_key);
+                let key_hash = record.partition_key.hash();
                 let hash = record.explicit_hash_key.unwrap_or(key_hash);
                 let lane = self.inner.starts.partition_point(|s| *s <= hash) - 1;
                 lanes.lanes[lane].queue.push_back(Pending {
