@@ -94,10 +94,7 @@ impl RawHeaders<'_> {
 pub(super) fn nests_deeper_than(json: &[u8], max: usize) -> bool {
     // Nothing nests deeper than its count of opening brackets, and most
     // payloads have a few: counting them is quicker than reading strings.
-    let opening = json
-        .iter()
-        .fold(0usize, |n, &b| n + usize::from((b == b'[') | (b == b'{')));
-    if opening <= max {
+    if memchr::memchr2_iter(b'[', b'{', json).take(max + 1).count() <= max {
         return false;
     }
     let (mut depth, mut in_string, mut escaped) = (0usize, false, false);
