@@ -20,6 +20,8 @@ use sluice_client::{Producer, ProducerConfig};
 use sluice_core::StreamBackend;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
+mod support;
+
 const TOKEN: &str = "server-s3cret";
 const SHOP_KEY: &str = "wk_shop_example";
 const SHOP: &str = "https://shop.example.com";
@@ -470,28 +472,13 @@ async fn a_resend_while_its_first_copy_is_written_waits_for_it_and_lands_once() 
 /// Waits until the collector has received `n` events (read, not yet
 /// written).
 async fn received_at_least(url: &str, n: f64) {
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let text = reqwest::get(format!("{url}/metrics"))
-            .await
-            .unwrap()
-            .text()
-            .await
-            .unwrap();
-        let received = text.lines().find_map(|line| {
-            line.strip_prefix("sluice_collector_events_received_total ")?
-                .parse::<f64>()
-                .ok()
-        });
-        if received.is_some_and(|r| r >= n) {
-            return;
+    support::wait::wait_for(Duration::from_secs(10), "events received", || async {
+        match support::process::metric(url, "sluice_collector_events_received_total").await {
+            Some(received) if received >= n => Ok(()),
+            received => Err(format!("{received:?} of {n}")),
         }
-        assert!(
-            Instant::now() < deadline,
-            "{n} events never arrived: {received:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    })
+    .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
